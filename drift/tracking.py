@@ -1,0 +1,142 @@
+"""Metric logging: ``metrics.jsonl`` in the run directory (the source of truth) and MLflow.
+
+MLflow defaults to a SQLite file under the output root with the artifact location under it too
+(never relative to the working directory); ``MLFLOW_TRACKING_URI`` or ``tracking_uri`` override it,
+'none' disables it. The MLflow client API is used (no global active run), with retries. On resume,
+rows after the checkpointed step are dropped from metrics.jsonl and only steps after the last pushed
+step are pushed again, so every (key, step) appears once in both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def _retry(fn, what: str, tries: int = 6):
+    delay = 0.5
+    for i in range(tries):
+        try:
+            return fn()
+        except Exception as e:  # mlflow raises MlflowException / requests errors when busy
+            if i == tries - 1:
+                raise
+            warnings.warn(f"MLflow {what} failed ({type(e).__name__}: {e}); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 8)
+
+
+def init_mlflow_experiment(uri: str, experiment: str, artifact_root: str | None) -> str:
+    """Create (or find) the experiment; returns its id. Also performs first-time DB initialisation."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    loc = None
+    if artifact_root and not uri.startswith(("http://", "https://")):
+        loc = "file://" + os.path.abspath(os.path.join(artifact_root, experiment))
+    try:
+        return client.create_experiment(experiment, artifact_location=loc)
+    except Exception:
+        exp = client.get_experiment_by_name(experiment)  # created concurrently by another run
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    def __init__(self, run_dir: str, uri: str, experiment: str, run_name: str, params: dict, artifact_root: str,
+                 resume_step: int | None = None, run_id: str | None = None, last_pushed_step: int = -1,
+                 tags: dict | None = None):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.uri = uri
+        self.last_pushed_step = last_pushed_step
+        if resume_step is not None:
+            self._truncate(resume_step)
+        elif os.path.exists(self.path):
+            os.remove(self.path)  # a fresh start: no rows from an earlier, uncheckpointed attempt
+        self.client = None
+        self.run_id = run_id
+        if uri.lower() != "none":
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
+            exp_id = _retry(lambda: init_mlflow_experiment(uri, experiment, artifact_root), "experiment init")
+            if self.run_id is None:
+                run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags or {}), "create_run")
+                self.run_id = run.info.run_id
+                items = sorted(flatten(params).items())
+                from mlflow.entities import Param
+
+                for i in range(0, len(items), 100):
+                    chunk = [Param(k, v[:6000]) for k, v in items[i : i + 100]]
+                    _retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
+            else:
+                _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"), "reopen run")
+                for k, v in (tags or {}).items():
+                    _retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v), "set_tag")
+
+    def _truncate(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one row to metrics.jsonl (flushed), then push to MLflow if step > last pushed step."""
+        clean = {k: (float(v) if v is not None else float("nan")) for k, v in metrics.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}) + "\n")
+            f.flush()
+        if self.client is not None and step > self.last_pushed_step:
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            ms = [Metric(k, v, ts, step) for k, v in sorted(clean.items())]
+            for i in range(0, len(ms), 200):
+                _retry(lambda c=ms[i : i + 200]: self.client.log_batch(self.run_id, metrics=c), "log metrics")
+            self.last_pushed_step = step
+
+    def log_artifact(self, path: str, subdir: str | None = None) -> None:
+        if self.client is not None:
+            _retry(lambda: self.client.log_artifact(self.run_id, path, subdir), "log_artifact")
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            _retry(lambda: self.client.set_tag(self.run_id, key, value), "set_tag")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.client is not None:
+            _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """Rows of a run's metrics.jsonl ('nan'/'inf' strings back to floats)."""
+    rows = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for ln in f:
+            if ln.strip():
+                r = json.loads(ln)
+                rows.append({k: (float(v) if isinstance(v, str) else v) for k, v in r.items()})
+    return rows

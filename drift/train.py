@@ -1,0 +1,452 @@
+"""One RL fine-tuning run: the single training loop shared by every method and world.
+
+    python -m drift.train method=flow_grpo train.iterations=60 seed=0
+    python -m drift.train method=flow_grpo_kl flow_grpo_kl.beta=0.04
+    python -m drift.train --help            # every field with its docstring
+
+Per iteration: prompts -> (method) prompt variation -> sample groups with per-step log-probs ->
+rewards -> (method) subset selection -> diversity features -> (method) reward shaping -> group
+advantages -> PPO-clip updates (+ method regulariser) -> periodic evaluation -> checkpoint -> log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .advantages import group_advantages, ppo_clip_loss
+from .checkpoint import load_latest, save_checkpoint
+from .config import ConfigError, RunConfig, diff_configs, make_config
+from .diversity import mean_pairwise_distance
+from .evaluate import eval_noise, evaluate
+from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
+from .sampling import guided_velocity, sample_trajectories
+from .sde import sde_step_with_logprob, sigma_schedule
+from .tracking import Tracker
+from .viz import save_grid
+from .worlds import make_world
+
+
+# ================================================================================================
+# PLUMBING: EMA, RNG state, run directory
+# ================================================================================================
+class EMA:
+    """EMA of the trainable weights (Flow-GRPO: decay min((1 + s) / (10 + s), decay), every k steps)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, every: int):
+        self.params, self.decay, self.every = params, decay, every
+        self.shadow = {k: p.detach().clone() for k, p in params.items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def step(self, opt_step: int) -> None:
+        if opt_step % self.every:
+            return
+        d = min(self.decay, (1 + opt_step) / (10 + opt_step))
+        for k, p in self.params.items():
+            self.shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
+        self.updates += 1
+
+    @contextmanager
+    def swapped_in(self):
+        backup = {k: p.detach().clone() for k, p in self.params.items()}
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(self.shadow[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(backup[k])
+
+
+def _gen_state(g: torch.Generator) -> torch.Tensor:
+    return g.get_state().clone()
+
+
+def _py_state_to_json(state) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _py_state_from_json(s) -> tuple:
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _finite_grads(params) -> bool:
+    return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+
+
+def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, list[str]]:
+    """Create the run directory and write config.json; on an existing one, refuse a changed config."""
+    run_dir = cfg.run_dir()
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.json")
+    new = cfg.to_dict()
+    changes: list[str] = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changes = [c for c in diff_configs(old, new) if not c.startswith(("out:", "tracking_uri:", "threads:"))]
+        if changes and not allow_changes:
+            raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
+                              + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(new, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return run_dir, changes
+
+
+# ================================================================================================
+# The run
+# ================================================================================================
+def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fault_hook=None) -> dict:
+    """Run (or resume, or skip if finished) one training run; returns the final eval metrics."""
+    run_dir, changes = prepare_run_dir(cfg, allow_changes)
+    done_path = os.path.join(run_dir, "DONE")
+    final_path = os.path.join(run_dir, "final_eval.json")
+    if os.path.exists(done_path) and os.path.exists(final_path):
+        with open(final_path) as f:
+            return json.load(f)
+    fault = fault_hook or (lambda phase, it: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    T, S, tc = cfg.sample.num_steps, cfg.sample, cfg.train
+    P, G = S.groups_per_iter, S.group_size
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    hooks = method_spec(cfg.method).build(cfg.options)
+    world = make_world(cfg)  # LoRA init draws from the seeded global torch RNG
+    params = world.trainable_parameters()
+    opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    ema = EMA(params, tc.ema_decay, tc.ema_every) if tc.ema else None
+    prompt_rng = random.Random(cfg.seed)
+    g_sample = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+    g_method = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
+    train_prompts = world.train_prompts()
+    eval_prompts = world.eval_prompts(cfg.eval.num_prompts)
+    noise_eval = eval_noise(world, len(eval_prompts), cfg.eval.seeds)
+    sigmas = sigma_schedule(T, S.shift)
+    n_train = min(int(T * tc.timestep_fraction), T - 1)  # the last step (into sigma = 0) is never trained
+    K = hooks.oversample * G
+
+    # ---- resume -------------------------------------------------------------------------------
+    start, opt_step, skips_in_row, run_id, last_pushed = 0, 0, 0, None, -1
+    ckpt = load_latest(run_dir)
+    if ckpt is not None:
+        start, tensors, st = ckpt
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[f"model/{k}"])
+                if ema:
+                    ema.shadow[k].copy_(tensors[f"ema/{k}"])
+        opt_state = {"state": {}, "param_groups": st["optim_param_groups"]}
+        for i in range(len(params)):
+            if f"optim/{i}/exp_avg" in tensors:
+                opt_state["state"][i] = {n: tensors[f"optim/{i}/{n}"] for n in ("step", "exp_avg", "exp_avg_sq")}
+        opt.load_state_dict(opt_state)
+        prompt_rng.setstate(_py_state_from_json(st["prompt_rng"]))
+        g_sample.set_state(tensors["rng/sample"])
+        g_method.set_state(tensors["rng/method"])
+        torch.set_rng_state(tensors["rng/torch"])
+        random.setstate(_py_state_from_json(st["py_rng"]))
+        opt_step, skips_in_row = st["opt_step"], st["skips_in_row"]
+        run_id, last_pushed = st.get("mlflow_run_id"), st.get("last_pushed_step", -1)
+        if ema:
+            ema.updates = st["ema_updates"]
+        print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
+
+    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir)}
+    if changes:
+        tags["resumed_with_changes"] = "; ".join(changes)[:5000]
+    tracker = Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
+                      f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
+                      os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None, run_id=run_id,
+                      last_pushed_step=last_pushed, tags=tags)
+
+    def run_eval(step: int) -> dict:
+        t = time.time()
+        ctx = ema.swapped_in() if ema else _nullctx()
+        with ctx:
+            m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift)
+        grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
+        os.makedirs(os.path.dirname(grid), exist_ok=True)
+        save_grid(imgs[: cfg.eval.grid_prompts], grid)
+        m["sys/eval_seconds"] = time.time() - t
+        return m
+
+    def save(step: int) -> None:
+        for k, p in params.items():
+            if not torch.isfinite(p).all():
+                raise RuntimeError(f"refusing to checkpoint iteration {step}: parameter {k} is non-finite")
+        tensors = {f"model/{k}": p for k, p in params.items()}
+        if ema:
+            tensors.update({f"ema/{k}": v for k, v in ema.shadow.items()})
+        sd = opt.state_dict()
+        for i, s in sd["state"].items():
+            for n, v in s.items():
+                tensors[f"optim/{i}/{n}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors.update({"rng/sample": _gen_state(g_sample), "rng/method": _gen_state(g_method),
+                        "rng/torch": torch.get_rng_state()})
+        state = {"iteration": step, "opt_step": opt_step, "skips_in_row": skips_in_row,
+                 "optim_param_groups": sd["param_groups"], "prompt_rng": _py_state_to_json(prompt_rng.getstate()),
+                 "py_rng": _py_state_to_json(random.getstate()), "ema_updates": ema.updates if ema else 0,
+                 "mlflow_run_id": tracker.run_id, "last_pushed_step": tracker.last_pushed_step,
+                 "config_hash": cfg.science_hash()}
+        fault("checkpoint", step)
+        save_checkpoint(run_dir, step, tensors, state)
+
+    if start == 0:
+        tracker.log(0, run_eval(0))
+
+    bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not progress,
+               initial=start, total=tc.iterations, mininterval=2)
+    for it in bar:
+        t_iter = time.time()
+        m: dict[str, float] = {}
+        # ============================================================================================
+        # ALGO 1: prompts, per-sample conditioning (method: vary_prompts), sampling with log-probs
+        # ============================================================================================
+        groups = [train_prompts[prompt_rng.randrange(len(train_prompts))] for _ in range(P)]
+        prompts = [p for p in groups for _ in range(K)]
+        texts = [world.prompt_text(p) for p in prompts]
+        cond, vm = hooks.vary_prompts(VaryInput(world.encode(texts), texts, prompts, world.paraphrase, world.encode,
+                                                it, tc.iterations, g_method))
+        uncond = world.encode([""] * len(texts))
+        m.update(vm)
+        if S.same_noise:
+            noise = torch.randn(P, 1, *world.latent_shape, generator=g_sample).expand(P, K, *world.latent_shape).flatten(0, 1)
+        else:
+            noise = torch.randn(P * K, *world.latent_shape, generator=g_sample)
+        fault("sampling", it)
+        t = time.time()
+        with torch.no_grad():
+            traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
+                                       S.sde_type, record_x0=hooks.needs_step_features)
+        m["sys/sample_seconds"] = time.time() - t
+
+        # ============================================================================================
+        # ALGO 2: rewards (always against the original prompt), subset selection (method)
+        # ============================================================================================
+        fault("reward", it)
+        t = time.time()
+        heads = world.reward(traj.images, prompts)
+        r_all = heads["reward"].float().view(P, K)
+        bad = ~torch.isfinite(r_all)
+        for gi in bad.any(1).nonzero().flatten().tolist():
+            warnings.warn(f"iteration {it}: {int(bad[gi].sum())} non-finite reward(s) for prompt {texts[gi * K]!r}")
+        m["reward/mean"] = float(r_all[~bad].mean()) if (~bad).any() else float("nan")
+        m["reward/std"] = float(r_all[~bad].std()) if (~bad).sum() > 1 else float("nan")
+        m.update({f"reward/{k}": float(v.float().mean()) for k, v in heads.items() if k != "reward"})
+        idx, sm = hooks.select_subset(SelectInput(r_all, G, it, tc.iterations))
+        m.update(sm)
+        flat = (torch.arange(P).view(-1, 1) * K + idx).flatten()
+        traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
+        r_kept = r_all.gather(1, idx)
+        m["reward/kept_mean"] = float(torch.nanmean(r_kept))
+        feats = world.features.embed(traj.images).view(P, G, -1)
+        step_feats = None
+        if hooks.needs_step_features:
+            x0 = traj.x0_hat.flatten(0, 1)
+            step_feats = world.features.embed(world.decode(x0)).view(P, G, T, -1)
+        m["diversity/train_pairwise"] = float(mean_pairwise_distance(feats).mean())
+        m["sys/reward_seconds"] = time.time() - t
+
+        # ============================================================================================
+        # ALGO 3: reward shaping (method) and group-relative advantages
+        # ============================================================================================
+        fault("advantage", it)
+        shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, it, tc.iterations))
+        m.update(hm)
+        adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
+        m.update(am)
+        adv = adv.flatten(0, 1)  # (B,) or (B, T)
+        B = P * G
+
+        # ============================================================================================
+        # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
+        # ============================================================================================
+        t = time.time()
+        mb = tc.micro_batch or B
+        logs: dict[str, list[float]] = {}
+        n_acc = 0
+        opt.zero_grad(set_to_none=True)
+        for j in range(n_train):
+            adv_j = adv if adv.ndim == 1 else adv[:, j]
+            for s0 in range(0, B, mb):
+                sl = slice(s0, s0 + mb)
+                x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
+                v = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
+                out = sde_step_with_logprob(v, x_j, sigmas[j], sigmas[j + 1], S.noise_level, sigmas[1],
+                                            prev_sample=x_next, sde_type=S.sde_type)
+                policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
+                loss = policy
+                if hooks.regulariser is not None:
+                    mean_ref = None
+                    if hooks.needs_reference:
+                        with torch.no_grad(), world.reference():
+                            v_ref = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
+                            mean_ref = sde_step_with_logprob(v_ref, x_j, sigmas[j], sigmas[j + 1], S.noise_level,
+                                                             sigmas[1], prev_sample=x_next, sde_type=S.sde_type).mean
+                    n = x_j.shape[0]
+                    reg, rm = hooks.regulariser(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
+                                                         (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
+                    loss = loss + reg
+                    for k2, v2 in rm.items():
+                        logs.setdefault(k2, []).append(v2)
+                loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
+                fault("backward", it)
+                loss.backward()
+                logs.setdefault("loss/policy", []).append(float(policy.mean()))
+                logs.setdefault("loss/total", []).append(float(loss) * B / x_j.shape[0] * tc.steps_per_update)
+                logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
+                logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
+                logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
+            n_acc += 1
+            if n_acc == tc.steps_per_update or j == n_train - 1:
+                n_acc = 0
+                fault("optimizer", it)
+                if not _finite_grads(params.values()) or not np.isfinite(logs["loss/total"][-1]):
+                    opt.zero_grad(set_to_none=True)
+                    skips_in_row += 1
+                    logs.setdefault("loss/skipped_steps", []).append(1.0)
+                    if skips_in_row >= tc.max_nonfinite_skips:
+                        tracker.finish("FAILED")
+                        raise RuntimeError(f"{skips_in_row} consecutive optimiser steps had a non-finite loss or "
+                                           f"gradient (iteration {it}); stopping (train.max_nonfinite_skips)")
+                    continue
+                skips_in_row = 0
+                gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc.max_grad_norm)
+                logs.setdefault("loss/grad_norm", []).append(float(gn))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                opt_step += 1
+                if ema:
+                    ema.step(opt_step)
+        m.update({k: float(np.mean(v)) for k, v in logs.items()})
+        m.setdefault("loss/skipped_steps", 0.0)
+        m["sys/train_seconds"] = time.time() - t
+        m["sys/opt_steps"] = opt_step
+
+        # ============================================================================================
+        # PLUMBING: evaluation, checkpoint, log
+        # ============================================================================================
+        step = it + 1
+        if step % cfg.eval.every == 0 or step == tc.iterations:
+            m.update(run_eval(step))
+        m["sys/iter_seconds"] = time.time() - t_iter
+        if step % cfg.checkpoint_every == 0 or step == tc.iterations:
+            save(step)
+        fault("log", it)
+        tracker.log(step, m)
+        bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
+
+    # ---- finish ---------------------------------------------------------------------------------
+    final = {k: v for k, v in _last_eval(run_dir).items()}
+    with open(final_path + ".tmp", "w") as f:
+        json.dump(final, f, indent=1)
+    os.replace(final_path + ".tmp", final_path)
+    last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
+    first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
+    for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
+        if os.path.exists(pth):
+            tracker.log_artifact(pth)
+    tracker.finish("FINISHED")
+    with open(done_path, "w") as f:
+        f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
+    return final
+
+
+@contextmanager
+def _nullctx():
+    yield
+
+
+def _last_eval(run_dir: str) -> dict:
+    from .tracking import read_metrics
+
+    first, last = {}, {}
+    for row in read_metrics(run_dir):
+        if "eval/alignment" in row:
+            ev = {k: v for k, v in row.items() if k.startswith("eval/") or k == "step"}
+            first = first or ev
+            last = ev
+    return {"final": last, "initial": first}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print(help_text())
+        return 0
+    allow = "--allow-resume-with-changes" in argv
+    quiet = "--quiet" in argv
+    items = [a for a in argv if not a.startswith("--")]
+    try:
+        cfg = make_config(items)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"[drift] run directory: {cfg.run_dir()}", flush=True)
+    final = train(cfg, progress=not quiet, allow_changes=allow)
+    print(json.dumps(final["final"], indent=1))
+    return 0
+
+
+def help_text() -> str:
+    """Every config field with its docstring, grouped by section."""
+    import ast
+    import dataclasses
+    import inspect
+
+    from . import config as C
+    from .methods import METHODS
+
+    def docs(cls) -> dict[str, str]:
+        src = inspect.getsource(cls)
+        tree = ast.parse(src.strip() if not src.startswith(" ") else "if 1:\n" + src)
+        out, body = {}, None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                body = node.body
+                break
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                out[a.target.id] = " ".join(str(b.value.value).split())
+        return out
+
+    lines = ["", "Overrides are key=value. Keys and defaults:"]
+    for sec, cls in [("", C.RunConfig), ("model.", C.ModelConfig), ("reward.", C.RewardConfig),
+                     ("sample.", C.SampleConfig), ("train.", C.TrainConfig), ("eval.", C.EvalConfig)]:
+        d = docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("model", "reward", "sample", "train", "eval", "options"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {sec}{f.name}={default!r}\n      {d.get(f.name, '')}")
+    lines.append("\nMethods (their options are '<method>.<field>=value'):")
+    for name in sorted(METHODS):
+        spec = method_spec(name)
+        lines.append(f"  method={name}: {spec.summary}")
+        d = docs(spec.options_cls)
+        for f in dataclasses.fields(spec.options_cls):
+            lines.append(f"      {name}.{f.name}={f.default!r}  {d.get(f.name, '')}")
+    lines.append("\nFlags: --allow-resume-with-changes, --quiet")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
