@@ -29,7 +29,7 @@ class Options:
 def kl_regulariser(beta: float, exact: bool):
     def reg(inp: RegInput):
         kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt)
-        return beta * kl, {"loss/kl": float(kl.mean())}
+        return beta * kl, {"loss/kl": float(kl.detach().mean())}
     return reg
 
 

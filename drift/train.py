@@ -309,8 +309,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                 loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
                 fault("backward", it)
                 loss.backward()
-                logs.setdefault("loss/policy", []).append(float(policy.mean()))
-                logs.setdefault("loss/total", []).append(float(loss) * B / x_j.shape[0] * tc.steps_per_update)
+                logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
+                logs.setdefault("loss/total", []).append(float(loss.detach()) * B / x_j.shape[0] * tc.steps_per_update)
                 logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
                 logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
                 logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
