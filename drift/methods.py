@@ -77,6 +77,7 @@ class ShapeInput:
     rewards: torch.Tensor  # (P, G) task rewards of the kept samples (may hold NaN)
     features: torch.Tensor | None  # (P, G, D) unit-norm diversity features of the final images
     step_features: torch.Tensor | None  # (P, G, T, D) features of the predicted clean image per step
+    num_steps: int  # T, denoising steps per trajectory
     iteration: int
     total_iterations: int
 
@@ -144,6 +145,8 @@ class NoOptions:
 METHODS: dict[str, str] = {
     "flow_grpo": "baselines.flow_grpo",
     "flow_grpo_kl": "baselines.flow_grpo_kl",
+    "diverse_grpo": "baselines.diverse_grpo",
+    "drift": "drift.method",
 }
 
 

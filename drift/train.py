@@ -268,7 +268,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         # ALGO 3: reward shaping (method) and group-relative advantages
         # ============================================================================================
         fault("advantage", it)
-        shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, it, tc.iterations))
+        shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, T, it, tc.iterations))
         m.update(hm)
         adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
         m.update(am)
