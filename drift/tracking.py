@@ -3,8 +3,9 @@
 MLflow defaults to a SQLite file under the output root with the artifact location under it too
 (never relative to the working directory); ``MLFLOW_TRACKING_URI`` or ``tracking_uri`` override it,
 'none' disables it. The MLflow client API is used (no global active run), with retries. On resume,
-rows after the checkpointed step are dropped from metrics.jsonl and only steps after the last pushed
-step are pushed again, so every (key, step) appears once in both.
+rows after the checkpointed step are dropped from metrics.jsonl, the checkpointed step's own row is
+restored from the checkpoint if it was lost, and only steps after the last pushed step (recorded in
+mlflow_run.json after every push) are pushed again, so every (key, step) appears once in both.
 """
 
 from __future__ import annotations
@@ -60,36 +61,73 @@ def init_mlflow_experiment(uri: str, experiment: str, artifact_root: str | None)
 
 
 class Tracker:
+    """metrics.jsonl + MLflow for one run directory.
+
+    The MLflow run id and the last step pushed to MLflow live in ``<run_dir>/mlflow_run.json``,
+    rewritten atomically after every push, so a restart never pushes a step twice whatever the
+    checkpoint timing. A fresh start (no checkpoint) over a run dir that had an MLflow run deletes
+    that run and opens a new one; a resume reopens it.
+    """
+
     def __init__(self, run_dir: str, uri: str, experiment: str, run_name: str, params: dict, artifact_root: str,
-                 resume_step: int | None = None, run_id: str | None = None, last_pushed_step: int = -1,
-                 tags: dict | None = None):
+                 resume_step: int | None = None, tags: dict | None = None):
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.state_path = os.path.join(run_dir, "mlflow_run.json")
         self.uri = uri
-        self.last_pushed_step = last_pushed_step
         if resume_step is not None:
             self._truncate(resume_step)
         elif os.path.exists(self.path):
             os.remove(self.path)  # a fresh start: no rows from an earlier, uncheckpointed attempt
+        prev = {}
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                prev = json.load(f)
         self.client = None
-        self.run_id = run_id
-        if uri.lower() != "none":
-            from mlflow.tracking import MlflowClient
+        self.run_id = None
+        self.last_pushed_step = -1
+        if uri.lower() == "none":
+            return
+        from mlflow.tracking import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=uri)
-            exp_id = _retry(lambda: init_mlflow_experiment(uri, experiment, artifact_root), "experiment init")
-            if self.run_id is None:
-                run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags or {}), "create_run")
-                self.run_id = run.info.run_id
-                items = sorted(flatten(params).items())
-                from mlflow.entities import Param
+        self.client = MlflowClient(tracking_uri=uri)
+        exp_id = _retry(lambda: init_mlflow_experiment(uri, experiment, artifact_root), "experiment init")
+        if resume_step is not None and prev.get("run_id") and prev.get("uri") == uri:
+            self.run_id, self.last_pushed_step = prev["run_id"], prev.get("last_pushed_step", -1)
+            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"), "reopen run")
+            for k, v in (tags or {}).items():
+                _retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v), "set_tag")
+            return
+        if prev.get("run_id") and prev.get("uri") == uri:
+            try:  # an earlier attempt that never checkpointed: its MLflow rows would duplicate ours
+                self.client.delete_run(prev["run_id"])
+            except Exception as e:  # already deleted, or a different store
+                warnings.warn(f"could not delete stale MLflow run {prev['run_id']}: {e}")
+        run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags or {}), "create_run")
+        self.run_id = run.info.run_id
+        self._save_state()
+        from mlflow.entities import Param
 
-                for i in range(0, len(items), 100):
-                    chunk = [Param(k, v[:6000]) for k, v in items[i : i + 100]]
-                    _retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
-            else:
-                _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"), "reopen run")
-                for k, v in (tags or {}).items():
-                    _retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v), "set_tag")
+        items = sorted(flatten(params).items())
+        for i in range(0, len(items), 100):
+            chunk = [Param(k, v[:6000]) for k, v in items[i : i + 100]]
+            _retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
+
+    def _save_state(self) -> None:
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"uri": self.uri, "run_id": self.run_id, "last_pushed_step": self.last_pushed_step}, f)
+        os.replace(tmp, self.state_path)
+
+    def last_step(self) -> int:
+        """The last step present in metrics.jsonl (-1 if none)."""
+        if not os.path.exists(self.path):
+            return -1
+        last = -1
+        with open(self.path) as f:
+            for ln in f:
+                if ln.strip():
+                    last = json.loads(ln)["step"]
+        return last
 
     def _truncate(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -117,6 +155,7 @@ class Tracker:
             for i in range(0, len(ms), 200):
                 _retry(lambda c=ms[i : i + 200]: self.client.log_batch(self.run_id, metrics=c), "log metrics")
             self.last_pushed_step = step
+            self._save_state()
 
     def log_artifact(self, path: str, subdir: str | None = None) -> None:
         if self.client is not None:

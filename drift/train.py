@@ -143,7 +143,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     K = hooks.oversample * G
 
     # ---- resume -------------------------------------------------------------------------------
-    start, opt_step, skips_in_row, run_id, last_pushed = 0, 0, 0, None, -1
+    start, opt_step, skips_in_row, pending_row = 0, 0, 0, None
     ckpt = load_latest(run_dir)
     if ckpt is not None:
         start, tensors, st = ckpt
@@ -163,7 +163,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         torch.set_rng_state(tensors["rng/torch"])
         random.setstate(_py_state_from_json(st["py_rng"]))
         opt_step, skips_in_row = st["opt_step"], st["skips_in_row"]
-        run_id, last_pushed = st.get("mlflow_run_id"), st.get("last_pushed_step", -1)
+        pending_row = st.get("row")
         if ema:
             ema.updates = st["ema_updates"]
         print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
@@ -173,8 +173,9 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         tags["resumed_with_changes"] = "; ".join(changes)[:5000]
     tracker = Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
                       f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
-                      os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None, run_id=run_id,
-                      last_pushed_step=last_pushed, tags=tags)
+                      os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None, tags=tags)
+    if pending_row is not None and tracker.last_step() < start:  # crashed between checkpoint and log
+        tracker.log(start, pending_row)
 
     def run_eval(step: int) -> dict:
         t = time.time()
@@ -187,7 +188,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         m["sys/eval_seconds"] = time.time() - t
         return m
 
-    def save(step: int) -> None:
+    def save(step: int, row: dict) -> None:
         for k, p in params.items():
             if not torch.isfinite(p).all():
                 raise RuntimeError(f"refusing to checkpoint iteration {step}: parameter {k} is non-finite")
@@ -203,8 +204,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         state = {"iteration": step, "opt_step": opt_step, "skips_in_row": skips_in_row,
                  "optim_param_groups": sd["param_groups"], "prompt_rng": _py_state_to_json(prompt_rng.getstate()),
                  "py_rng": _py_state_to_json(random.getstate()), "ema_updates": ema.updates if ema else 0,
-                 "mlflow_run_id": tracker.run_id, "last_pushed_step": tracker.last_pushed_step,
-                 "config_hash": cfg.science_hash()}
+                 "mlflow_run_id": tracker.run_id, "row": row, "config_hash": cfg.science_hash()}
         fault("checkpoint", step)
         save_checkpoint(run_dir, step, tensors, state)
 
@@ -348,7 +348,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             m.update(run_eval(step))
         m["sys/iter_seconds"] = time.time() - t_iter
         if step % cfg.checkpoint_every == 0 or step == tc.iterations:
-            save(step)
+            save(step, m)
         fault("log", it)
         tracker.log(step, m)
         bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")

@@ -77,18 +77,19 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_crash_is_exact(tmp_path):
+@pytest.mark.parametrize("phase, at", [("backward", 2), ("log", 1), ("checkpoint", 1)])
+def test_resume_after_crash_is_exact(tmp_path, phase, at):
     ref = tiny(tmp_path / "a", "train.iterations=3", "method=flow_grpo_kl")
     train(ref, progress=False)
-    cfg = tiny(tmp_path / "b", "train.iterations=3", "method=flow_grpo_kl")
+    uri = "sqlite:///" + str(tmp_path / "b" / "mlflow.db")
+    cfg = tiny(tmp_path / "b", "train.iterations=3", "method=flow_grpo_kl", tracking=uri)
 
-    def crash(phase, it):
-        if phase == "backward" and it == 2:
+    def crash(p, it):
+        if p == phase and it == at:
             raise Crash
 
     with pytest.raises(Crash):
         train(cfg, progress=False, fault_hook=crash)
-    assert [x["step"] for x in rows(cfg.run_dir())] == [0, 1, 2]
     train(cfg, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for r in rs]  # noqa: E731
     assert strip(rows(cfg.run_dir())) == strip(rows(ref.run_dir()))
@@ -97,6 +98,17 @@ def test_resume_after_crash_is_exact(tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("default")
+    (run,) = client.search_runs([exp.experiment_id])  # one run, reopened on resume
+    assert run.info.status == "FINISHED"
+    for key in ("reward/mean", "eval/alignment", "loss/kl"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)  # no (key, step) twice
+        assert steps, key
 
 
 def test_base_model_card_matches_files():
