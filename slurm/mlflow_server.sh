@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One MLflow tracking server for a sweep's many jobs (reliability.md §7, environment.md §8).
+#
+#   slurm/mlflow_server.sh start   # on a login/service node; prints the URI to pass to the sweep
+#   slurm/mlflow_server.sh status
+#   slurm/mlflow_server.sh stop    # SIGTERM to the server's pid (stops its workers too)
+#
+#   python experiments/sweep.py --grid pareto --executor slurm --tracking-uri "$(cat $DRIFT_MLFLOW_DIR/uri)"
+#
+# Why: SQLite locking is unreliable on NFS/Lustre and first-time schema migration races between
+# nodes, so array tasks must not share a SQLite file on the shared filesystem. The server keeps its
+# SQLite DB on this node's LOCAL disk; tasks log over HTTP (with retries); artifacts go to a shared
+# folder through the server (--serve-artifacts). Each run's metrics.jsonl stays the source of truth.
+#
+# Settings (environment):
+#   DRIFT_MLFLOW_DIR        local-disk folder for the DB, pid, log and uri files (default /tmp/$USER-drift-mlflow)
+#   DRIFT_MLFLOW_ARTIFACTS  artifact store, shared (default <repo>/runs/mlartifacts-server)
+#   DRIFT_MLFLOW_HOST       bind address (default 0.0.0.0: reachable from compute nodes)
+#   DRIFT_MLFLOW_PORT       port (default 5000; the next free port is used if taken)
+#   DRIFT_MLFLOW_ALLOWED_HOSTS  Host headers accepted (MLflow 3 refuses others as DNS rebinding; default:
+#                           this host's names, localhost and private IP ranges, any port)
+#   MLFLOW                  the mlflow executable (default: the repo's .venv/bin/mlflow, else mlflow on PATH)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIR=${DRIFT_MLFLOW_DIR:-/tmp/${USER:-$(id -un)}-drift-mlflow}
+ART=${DRIFT_MLFLOW_ARTIFACTS:-$ROOT/runs/mlartifacts-server}
+HOST=${DRIFT_MLFLOW_HOST:-0.0.0.0}
+PORT=${DRIFT_MLFLOW_PORT:-5000}
+MLFLOW=${MLFLOW:-$([[ -x $ROOT/.venv/bin/mlflow ]] && echo "$ROOT/.venv/bin/mlflow" || echo mlflow)}
+PY=$(dirname "$(command -v "$MLFLOW")")/python
+[[ -x $PY ]] || PY=python3
+
+H=$(hostname); HF=$(hostname -f 2>/dev/null || hostname)
+ALLOWED=${DRIFT_MLFLOW_ALLOWED_HOSTS:-$H:*,$HF:*,localhost:*,127.0.0.1:*,10.*,192.168.*,172.*}
+
+running() { [[ -f $DIR/mlflow.pid ]] && kill -0 "$(cat "$DIR/mlflow.pid")" 2>/dev/null; }
+
+case ${1:-} in
+start)
+  if running; then echo "[mlflow] already running (pid $(cat "$DIR/mlflow.pid")): $(cat "$DIR/uri")"; exit 0; fi
+  mkdir -p "$DIR" "$ART"
+  while "$PY" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $PORT)) != 0)"; do
+    PORT=$((PORT + 1))
+  done
+  # Initialise the schema now, once, before any job touches the DB (first-time migration is racy).
+  "$MLFLOW" db upgrade "sqlite:///$DIR/mlflow.db" >"$DIR/db-upgrade.log" 2>&1
+  # No job-execution consumers (they add ~1 GB RSS); one worker is plenty for metric logging.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$MLFLOW" server \
+    --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$ART" --serve-artifacts \
+    --host "$HOST" --port "$PORT" --workers 1 --allowed-hosts "$ALLOWED" >"$DIR/server.log" 2>&1 &
+  echo $! >"$DIR/mlflow.pid"
+  URI="http://$HF:$PORT"
+  for ((i = 0; i < 120; i++)); do
+    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null; then
+      echo "$URI" >"$DIR/uri"
+      echo "[mlflow] up after ${i}x0.5 s: pid $(cat "$DIR/mlflow.pid"), DB $DIR/mlflow.db, artifacts $ART"
+      echo "[mlflow] export MLFLOW_TRACKING_URI=$URI     # or: --tracking-uri $URI"
+      exit 0
+    fi
+    running || { echo "[mlflow] server exited; see $DIR/server.log" >&2; tail -n 20 "$DIR/server.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "[mlflow] no /health after 60 s; see $DIR/server.log" >&2; exit 1
+  ;;
+stop)
+  if running; then
+    pid=$(cat "$DIR/mlflow.pid"); kill -TERM "$pid"
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    echo "[mlflow] stopped (pid $pid)"
+  else
+    echo "[mlflow] not running"
+  fi
+  rm -f "$DIR/mlflow.pid" "$DIR/uri"
+  ;;
+status)
+  if running; then echo "[mlflow] running (pid $(cat "$DIR/mlflow.pid")): $(cat "$DIR/uri" 2>/dev/null)"; else echo "[mlflow] not running"; exit 1; fi
+  ;;
+*)
+  sed -n '2,20p' "$0"; exit 2
+  ;;
+esac
