@@ -35,7 +35,8 @@ def check(cond: bool, field_name: str, value: Any, rule: str) -> None:
 @dataclass
 class ModelConfig:
     world: str = "shapes"
-    """Which world/backend: 'shapes' (the embedded pixel-space world) or 'sd3' (diffusers SD3 pipelines)."""
+    """Which world/backend: 'shapes' (the embedded pixel-space world) or 'sd3' (diffusers SD3 pipelines;
+    its configs validate, for dry runs, but its backend is not built yet: a run stops at start-up)."""
     path: str = os.path.join(SHAPES_ASSETS, "base")
     """Base model: a local folder (or, for 'sd3', a hub id). The shapes default is the committed model."""
     finetune: str = "lora"
@@ -228,6 +229,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """Plain nested dict of the config (what config.json holds, minus ``model_fingerprint``)."""
         d = dataclasses.asdict(self)
         d["options"] = dataclasses.asdict(self.options)
         return d
@@ -376,6 +378,8 @@ def config_from_dict(d: dict) -> RunConfig:
     """Rebuild a RunConfig from ``to_dict()`` output (e.g. a run directory's config.json)."""
     flat: dict[str, Any] = {}
     for k, v in d.items():
+        if k == "model_fingerprint":
+            continue
         if k in SECTIONS:
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         elif k == "options":

@@ -11,6 +11,7 @@ advantages -> PPO-clip updates (+ method regulariser) -> periodic evaluation -> 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -33,7 +34,7 @@ from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob, sigma_schedule
 from .tracking import Tracker
 from .viz import save_grid
-from .worlds import make_world
+from .worlds import check_available, make_world
 
 
 # ================================================================================================
@@ -86,12 +87,28 @@ def _finite_grads(params) -> bool:
     return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
 
 
+def folder_fingerprint(path: str) -> str:
+    """sha256 over (relative name, size, sha256) of every file in a local model folder; the path
+    itself for a hub id. Detects a base model or feature net replaced under the same path."""
+    if not os.path.isdir(path):
+        return f"id:{path}"
+    h = hashlib.sha256()
+    for root, _, names in sorted(os.walk(path)):
+        for n in sorted(names):
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                h.update(f"{os.path.relpath(p, path)}:{os.path.getsize(p)}:".encode() + hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
 def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, list[str]]:
-    """Create the run directory and write config.json; on an existing one, refuse a changed config."""
+    """Create the run directory and write config.json; on an existing one, refuse a changed config
+    or a changed model/feature-net content (``model_fingerprint``) with a readable diff."""
     run_dir = cfg.run_dir()
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.json")
     new = cfg.to_dict()
+    new["model_fingerprint"] = {"path": folder_fingerprint(cfg.model.path), "features": folder_fingerprint(cfg.model.features)}
     changes: list[str] = []
     if os.path.exists(path):
         with open(path) as f:
@@ -112,6 +129,7 @@ def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, l
 # ================================================================================================
 def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fault_hook=None) -> dict:
     """Run (or resume, or skip if finished) one training run; returns the final eval metrics."""
+    check_available(cfg)
     run_dir, changes = prepare_run_dir(cfg, allow_changes)
     done_path = os.path.join(run_dir, "DONE")
     final_path = os.path.join(run_dir, "final_eval.json")
@@ -208,165 +226,170 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         fault("checkpoint", step)
         save_checkpoint(run_dir, step, tensors, state)
 
-    if start == 0:
-        tracker.log(0, run_eval(0))
+    try:
+        if start == 0:
+            tracker.log(0, run_eval(0))
 
-    bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not progress,
-               initial=start, total=tc.iterations, mininterval=2)
-    for it in bar:
-        t_iter = time.time()
-        m: dict[str, float] = {}
-        # ============================================================================================
-        # ALGO 1: prompts, per-sample conditioning (method: vary_prompts), sampling with log-probs
-        # ============================================================================================
-        groups = [train_prompts[prompt_rng.randrange(len(train_prompts))] for _ in range(P)]
-        prompts = [p for p in groups for _ in range(K)]
-        texts = [world.prompt_text(p) for p in prompts]
-        cond, vm = hooks.vary_prompts(VaryInput(world.encode(texts), texts, prompts, world.paraphrase, world.encode,
-                                                it, tc.iterations, g_method))
-        uncond = world.encode([""] * len(texts))
-        m.update(vm)
-        if S.same_noise:
-            noise = torch.randn(P, 1, *world.latent_shape, generator=g_sample).expand(P, K, *world.latent_shape).flatten(0, 1)
-        else:
-            noise = torch.randn(P * K, *world.latent_shape, generator=g_sample)
-        fault("sampling", it)
-        t = time.time()
-        with torch.no_grad():
-            traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
-                                       S.sde_type, record_x0=hooks.needs_step_features)
-        m["sys/sample_seconds"] = time.time() - t
+        bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not progress,
+                   initial=start, total=tc.iterations, mininterval=2)
+        for it in bar:
+            t_iter = time.time()
+            m: dict[str, float] = {}
+            # ============================================================================================
+            # ALGO 1: prompts, per-sample conditioning (method: vary_prompts), sampling with log-probs
+            # ============================================================================================
+            groups = [train_prompts[prompt_rng.randrange(len(train_prompts))] for _ in range(P)]
+            prompts = [p for p in groups for _ in range(K)]
+            texts = [world.prompt_text(p) for p in prompts]
+            cond, vm = hooks.vary_prompts(VaryInput(world.encode(texts), texts, prompts, world.paraphrase, world.encode,
+                                                    it, tc.iterations, g_method))
+            uncond = world.encode([""] * len(texts))
+            m.update(vm)
+            if S.same_noise:
+                noise = torch.randn(P, 1, *world.latent_shape, generator=g_sample).expand(P, K, *world.latent_shape).flatten(0, 1)
+            else:
+                noise = torch.randn(P * K, *world.latent_shape, generator=g_sample)
+            fault("sampling", it)
+            t = time.time()
+            with torch.no_grad():
+                traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
+                                           S.sde_type, record_x0=hooks.needs_step_features)
+            m["sys/sample_seconds"] = time.time() - t
 
-        # ============================================================================================
-        # ALGO 2: rewards (always against the original prompt), subset selection (method)
-        # ============================================================================================
-        fault("reward", it)
-        t = time.time()
-        heads = world.reward(traj.images, prompts)
-        r_all = heads["reward"].float().view(P, K)
-        bad = ~torch.isfinite(r_all)
-        for gi in bad.any(1).nonzero().flatten().tolist():
-            warnings.warn(f"iteration {it}: {int(bad[gi].sum())} non-finite reward(s) for prompt {texts[gi * K]!r}")
-        m["reward/mean"] = float(r_all[~bad].mean()) if (~bad).any() else float("nan")
-        m["reward/std"] = float(r_all[~bad].std()) if (~bad).sum() > 1 else float("nan")
-        m.update({f"reward/{k}": float(v.float().mean()) for k, v in heads.items() if k != "reward"})
-        idx, sm = hooks.select_subset(SelectInput(r_all, G, it, tc.iterations))
-        m.update(sm)
-        flat = (torch.arange(P).view(-1, 1) * K + idx).flatten()
-        traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
-        r_kept = r_all.gather(1, idx)
-        m["reward/kept_mean"] = float(torch.nanmean(r_kept))
-        feats = world.features.embed(traj.images).view(P, G, -1)
-        step_feats = None
-        if hooks.needs_step_features:
-            x0 = traj.x0_hat.flatten(0, 1)
-            step_feats = world.features.embed(world.decode(x0)).view(P, G, T, -1)
-        m["diversity/train_pairwise"] = float(mean_pairwise_distance(feats).mean())
-        m["sys/reward_seconds"] = time.time() - t
+            # ============================================================================================
+            # ALGO 2: rewards (always against the original prompt), subset selection (method)
+            # ============================================================================================
+            fault("reward", it)
+            t = time.time()
+            heads = world.reward(traj.images, prompts)
+            r_all = heads["reward"].float().view(P, K)
+            bad = ~torch.isfinite(r_all)
+            for gi in bad.any(1).nonzero().flatten().tolist():
+                warnings.warn(f"iteration {it}: {int(bad[gi].sum())} non-finite reward(s) for prompt {texts[gi * K]!r}")
+            m["reward/mean"] = float(r_all[~bad].mean()) if (~bad).any() else float("nan")
+            m["reward/std"] = float(r_all[~bad].std()) if (~bad).sum() > 1 else float("nan")
+            m.update({f"reward/{k}": float(v.float().mean()) for k, v in heads.items() if k != "reward"})
+            idx, sm = hooks.select_subset(SelectInput(r_all, G, it, tc.iterations))
+            m.update(sm)
+            flat = (torch.arange(P).view(-1, 1) * K + idx).flatten()
+            traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
+            r_kept = r_all.gather(1, idx)
+            m["reward/kept_mean"] = float(torch.nanmean(r_kept))
+            feats = world.features.embed(traj.images).view(P, G, -1)
+            step_feats = None
+            if hooks.needs_step_features:
+                x0 = traj.x0_hat.flatten(0, 1)
+                step_feats = world.features.embed(world.decode(x0)).view(P, G, T, -1)
+            m["diversity/train_pairwise"] = float(mean_pairwise_distance(feats).mean())
+            m["sys/reward_seconds"] = time.time() - t
 
-        # ============================================================================================
-        # ALGO 3: reward shaping (method) and group-relative advantages
-        # ============================================================================================
-        fault("advantage", it)
-        shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, T, it, tc.iterations))
-        m.update(hm)
-        adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
-        m.update(am)
-        adv = adv.flatten(0, 1)  # (B,) or (B, T)
-        B = P * G
+            # ============================================================================================
+            # ALGO 3: reward shaping (method) and group-relative advantages
+            # ============================================================================================
+            fault("advantage", it)
+            shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, T, it, tc.iterations))
+            m.update(hm)
+            adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
+            m.update(am)
+            adv = adv.flatten(0, 1)  # (B,) or (B, T)
+            B = P * G
 
-        # ============================================================================================
-        # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
-        # ============================================================================================
-        t = time.time()
-        mb = tc.micro_batch or B
-        logs: dict[str, list[float]] = {}
-        n_acc = 0
-        opt.zero_grad(set_to_none=True)
-        for j in range(n_train):
-            adv_j = adv if adv.ndim == 1 else adv[:, j]
-            for s0 in range(0, B, mb):
-                sl = slice(s0, s0 + mb)
-                x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
-                v = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
-                out = sde_step_with_logprob(v, x_j, sigmas[j], sigmas[j + 1], S.noise_level, sigmas[1],
-                                            prev_sample=x_next, sde_type=S.sde_type)
-                policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
-                loss = policy
-                if hooks.regulariser is not None:
-                    mean_ref = None
-                    if hooks.needs_reference:
-                        with torch.no_grad(), world.reference():
-                            v_ref = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
-                            mean_ref = sde_step_with_logprob(v_ref, x_j, sigmas[j], sigmas[j + 1], S.noise_level,
-                                                             sigmas[1], prev_sample=x_next, sde_type=S.sde_type).mean
-                    n = x_j.shape[0]
-                    reg, rm = hooks.regulariser(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
-                                                         (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
-                    loss = loss + reg
-                    for k2, v2 in rm.items():
-                        logs.setdefault(k2, []).append(v2)
-                loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
-                fault("backward", it)
-                loss.backward()
-                logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
-                logs.setdefault("loss/total", []).append(float(loss.detach()) * B / x_j.shape[0] * tc.steps_per_update)
-                logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
-                logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
-                logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
-            n_acc += 1
-            if n_acc == tc.steps_per_update or j == n_train - 1:
-                n_acc = 0
-                fault("optimizer", it)
-                if not _finite_grads(params.values()) or not np.isfinite(logs["loss/total"][-1]):
+            # ============================================================================================
+            # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
+            # ============================================================================================
+            t = time.time()
+            mb = tc.micro_batch or B
+            logs: dict[str, list[float]] = {}
+            n_acc = 0
+            opt.zero_grad(set_to_none=True)
+            for j in range(n_train):
+                adv_j = adv if adv.ndim == 1 else adv[:, j]
+                for s0 in range(0, B, mb):
+                    sl = slice(s0, s0 + mb)
+                    x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
+                    v = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
+                    out = sde_step_with_logprob(v, x_j, sigmas[j], sigmas[j + 1], S.noise_level, sigmas[1],
+                                                prev_sample=x_next, sde_type=S.sde_type)
+                    policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
+                    loss = policy
+                    if hooks.regulariser is not None:
+                        mean_ref = None
+                        if hooks.needs_reference:
+                            with torch.no_grad(), world.reference():
+                                v_ref = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
+                                mean_ref = sde_step_with_logprob(v_ref, x_j, sigmas[j], sigmas[j + 1], S.noise_level,
+                                                                 sigmas[1], prev_sample=x_next, sde_type=S.sde_type).mean
+                        n = x_j.shape[0]
+                        reg, rm = hooks.regulariser(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
+                                                             (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
+                        loss = loss + reg
+                        for k2, v2 in rm.items():
+                            logs.setdefault(k2, []).append(v2)
+                    loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
+                    fault("backward", it)
+                    loss.backward()
+                    logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
+                    logs.setdefault("loss/total", []).append(float(loss.detach()) * B / x_j.shape[0] * tc.steps_per_update)
+                    logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
+                    logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
+                    logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
+                n_acc += 1
+                if n_acc == tc.steps_per_update or j == n_train - 1:
+                    n_acc = 0
+                    fault("optimizer", it)
+                    if not _finite_grads(params.values()) or not np.isfinite(logs["loss/total"][-1]):
+                        opt.zero_grad(set_to_none=True)
+                        skips_in_row += 1
+                        logs.setdefault("loss/skipped_steps", []).append(1.0)
+                        if skips_in_row >= tc.max_nonfinite_skips:
+                            tracker.finish("FAILED")
+                            raise RuntimeError(f"{skips_in_row} consecutive optimiser steps had a non-finite loss or "
+                                               f"gradient (iteration {it}); stopping (train.max_nonfinite_skips)")
+                        continue
+                    skips_in_row = 0
+                    gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc.max_grad_norm)
+                    logs.setdefault("loss/grad_norm", []).append(float(gn))
+                    opt.step()
                     opt.zero_grad(set_to_none=True)
-                    skips_in_row += 1
-                    logs.setdefault("loss/skipped_steps", []).append(1.0)
-                    if skips_in_row >= tc.max_nonfinite_skips:
-                        tracker.finish("FAILED")
-                        raise RuntimeError(f"{skips_in_row} consecutive optimiser steps had a non-finite loss or "
-                                           f"gradient (iteration {it}); stopping (train.max_nonfinite_skips)")
-                    continue
-                skips_in_row = 0
-                gn = torch.nn.utils.clip_grad_norm_(list(params.values()), tc.max_grad_norm)
-                logs.setdefault("loss/grad_norm", []).append(float(gn))
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                opt_step += 1
-                if ema:
-                    ema.step(opt_step)
-        m.update({k: float(np.mean(v)) for k, v in logs.items()})
-        m.setdefault("loss/skipped_steps", 0.0)
-        m["sys/train_seconds"] = time.time() - t
-        m["sys/opt_steps"] = opt_step
+                    opt_step += 1
+                    if ema:
+                        ema.step(opt_step)
+            m.update({k: float(np.mean(v)) for k, v in logs.items()})
+            m.setdefault("loss/skipped_steps", 0.0)
+            m["sys/train_seconds"] = time.time() - t
+            m["sys/opt_steps"] = opt_step
 
-        # ============================================================================================
-        # PLUMBING: evaluation, checkpoint, log
-        # ============================================================================================
-        step = it + 1
-        if step % cfg.eval.every == 0 or step == tc.iterations:
-            m.update(run_eval(step))
-        m["sys/iter_seconds"] = time.time() - t_iter
-        if step % cfg.checkpoint_every == 0 or step == tc.iterations:
-            save(step, m)
-        fault("log", it)
-        tracker.log(step, m)
-        bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
+            # ============================================================================================
+            # PLUMBING: evaluation, checkpoint, log
+            # ============================================================================================
+            step = it + 1
+            if step % cfg.eval.every == 0 or step == tc.iterations:
+                m.update(run_eval(step))
+            m["sys/iter_seconds"] = time.time() - t_iter
+            if step % cfg.checkpoint_every == 0 or step == tc.iterations:
+                save(step, m)
+            fault("log", it)
+            tracker.log(step, m)
+            bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
 
-    # ---- finish ---------------------------------------------------------------------------------
-    final = {k: v for k, v in _last_eval(run_dir).items()}
-    with open(final_path + ".tmp", "w") as f:
-        json.dump(final, f, indent=1)
-    os.replace(final_path + ".tmp", final_path)
-    last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
-    first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
-    for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
-        if os.path.exists(pth):
-            tracker.log_artifact(pth)
-    tracker.finish("FINISHED")
-    with open(done_path, "w") as f:
-        f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
-    return final
+        # ---- finish ---------------------------------------------------------------------------------
+        final = {k: v for k, v in _last_eval(run_dir).items()}
+        with open(final_path + ".tmp", "w") as f:
+            json.dump(final, f, indent=1)
+        os.replace(final_path + ".tmp", final_path)
+        last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
+        first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
+        for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
+            if os.path.exists(pth):
+                tracker.log_artifact(pth)
+        tracker.finish("FINISHED")
+        with open(done_path, "w") as f:
+            f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
+        return final
+    except BaseException as e:  # leave no MLflow run RUNNING; the last checkpoint is kept
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        tracker.set_tag("termination_reason", f"{type(e).__name__}: {e}"[:500])
+        raise
 
 
 @contextmanager

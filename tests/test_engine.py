@@ -73,6 +73,27 @@ def test_changed_config_is_refused_with_a_diff(tmp_path):
         train(cfg, progress=False)
 
 
+def test_replaced_model_is_refused_on_resume(tmp_path):
+    cfg = tiny(tmp_path, "train.iterations=1")
+    train(cfg, progress=False)
+    path = os.path.join(cfg.run_dir(), "config.json")
+    with open(path) as f:
+        d = json.load(f)
+    d["model_fingerprint"]["path"] = "0" * 64  # as if the base model had been replaced under the same path
+    with open(path, "w") as f:
+        json.dump(d, f)
+    os.remove(os.path.join(cfg.run_dir(), "DONE"))
+    with pytest.raises(ConfigError, match=r"model_fingerprint\.path: '0000"):
+        train(cfg, progress=False)
+
+
+def test_unbuilt_world_fails_before_writing(tmp_path):
+    cfg = tiny(tmp_path, "model.world=sd3")
+    with pytest.raises(NotImplementedError, match="model.world='sd3'"):
+        train(cfg, progress=False)
+    assert not os.path.exists(cfg.run_dir())
+
+
 class Crash(Exception):
     pass
 
