@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make main   -- installs into .venv, runs the main job on the embedded shapes world
+#   make main   -- installs into .venv, runs the embedded pareto sweep and its analysis (figures, tables)
 #   make test   -- installs into .venv, runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup main test clean-runs
+.PHONY: setup main collapse test clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 main: setup
+	$(PY) experiments/sweep.py --grid pareto --executor local
+	$(PY) analysis/frontier.py --grid pareto
+
+collapse: setup
 	$(PY) experiments/collapse.py
 
 test: setup

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 from drift.config import make_config  # noqa: E402
 from drift.tracking import read_metrics  # noqa: E402
 
-METHODS = {"flow_grpo": [], "flow_grpo_kl": ["flow_grpo_kl.beta=0.04"]}
+METHODS = {"flow_grpo": [], "flow_grpo_kl": ["flow_grpo_kl.beta=1.0"]}
 KEYS = [("eval/alignment", "alignment (mean task reward)"), ("eval/diversity", "diversity (feature pairwise)"),
         ("eval/diversity/position_std", "position spread"), ("eval/diversity/size_std", "size spread"),
         ("eval/diversity/free_attr_entropy", "free-attribute entropy"), ("eval/reward/judge_all", "judge all-correct")]
@@ -104,7 +104,7 @@ def figures(jobs, out: str) -> None:
         canvas.paste(ims[1], (ims[0].width + 10, 0))
         canvas.save(os.path.join(out, f"grid_{method}_seed{seed}.png"))
     axes.flat[0].legend()
-    fig.suptitle("Shapes world: Flow-GRPO (β=0) vs KL-regularised (β=0.04); eval on held-out prompts, ODE, fixed noise")
+    fig.suptitle("Shapes world: Flow-GRPO (β=0) vs KL-regularised (β=1.0); eval on held-out prompts, ODE, fixed noise")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=110)
     with open(os.path.join(out, "summary.md"), "w") as f:

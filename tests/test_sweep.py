@@ -72,7 +72,7 @@ def test_dry_run_prints_points_and_count_and_writes_nothing(tmp_path):
     points = [ln for ln in lines if ln.startswith("#")]
     assert len(points) == 30
     assert points[0].startswith("#0: method=flow_grpo seed=0")
-    assert "#1: method=flow_grpo_kl flow_grpo_kl.beta=0.01 seed=0" in points
+    assert "#1: method=flow_grpo_kl flow_grpo_kl.beta=0.04 seed=0" in points
     assert any(ln.startswith("30 jobs (30 to run") for ln in lines)
     assert "estimate:" in r.stdout
     assert not out.exists()  # nothing written, nothing submitted

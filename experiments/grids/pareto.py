@@ -14,7 +14,7 @@ Edit the knob values here; each change of a value is a new run directory (its co
 from .presets import SD3, SHAPES, SHAPES_FAST
 from .spec import Arm, Grid
 
-KL_BETAS = (0.01, 0.04, 0.1)  # flow_grpo_kl.beta: KL-to-reference strength
+KL_BETAS = (0.04, 0.2, 1.0)  # flow_grpo_kl.beta: KL-to-reference strength (0.04 = Flow-GRPO GenEval; the shapes world needs more)
 DIVERSE_BETAS = (0.25, 0.5, 1.0)  # diverse_grpo.beta: creativity-bonus weight
 DRIFT_LAMS = (0.5, 1.0, 2.0)  # drift.lam: diversity-shaping strength (subset + prompt variation at defaults)
 SEEDS = (0, 1, 2)
