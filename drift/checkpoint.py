@@ -34,7 +34,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -67,7 +68,7 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
         with open(tfile, "rb") as f:
             os.fsync(f.fileno())
         _write_json(os.path.join(tmp, "state.json"), state)
-        files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": _sha256(os.path.join(tmp, n))}
+        files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
                  for n in ("tensors.safetensors", "state.json")}
         _write_json(os.path.join(tmp, "manifest.json"), {"step": step, "files": files})
         _fsync_dir(tmp)
@@ -99,7 +100,7 @@ def _verify(folder: str) -> dict:
             raise CheckpointError(f"{p}: missing")
         if os.path.getsize(p) != meta["bytes"]:
             raise CheckpointError(f"{p}: size {os.path.getsize(p)} != manifest {meta['bytes']} (truncated?)")
-        if _sha256(p) != meta["sha256"]:
+        if sha256_file(p) != meta["sha256"]:
             raise CheckpointError(f"{p}: sha256 does not match the manifest (corrupted)")
     return manifest
 

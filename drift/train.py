@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .advantages import group_advantages, ppo_clip_loss
-from .checkpoint import load_latest, save_checkpoint
+from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import ConfigError, RunConfig, diff_configs, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
@@ -96,8 +96,7 @@ def folder_fingerprint(path: str) -> str:
     for root, _, names in sorted(os.walk(path)):
         for n in sorted(names):
             p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                h.update(f"{os.path.relpath(p, path)}:{os.path.getsize(p)}:".encode() + hashlib.sha256(f.read()).digest())
+            h.update(f"{os.path.relpath(p, path)}:{os.path.getsize(p)}:{sha256_file(p)};".encode())
     return h.hexdigest()
 
 

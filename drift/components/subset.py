@@ -19,35 +19,32 @@ def _finite_sorted(r: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.sort(key, stable=True).indices, int(ok.sum())
 
 
-def select_densest(r: torch.Tensor, g: int) -> torch.Tensor:
-    """Densest window: among the sorted rewards, the G consecutive ones with the smallest range
-    r_(i+G-1) - r_(i) (ties -> the window nearest the median). Drops outliers on either side."""
+def _windowed(r: torch.Tensor, g: int, start) -> torch.Tensor:
+    """Per group: sort (non-finite last); keep the G consecutive sorted candidates beginning at
+    ``start(sorted_finite_rewards, n_finite, g)``; with <= G finite rewards keep the G best-ranked."""
     out = []
     for row in r:
         order, n = _finite_sorted(row)
-        if n <= g:
-            out.append(order[:g])
-            continue
-        s = row[order[:n]]
-        widths = s[g - 1 :] - s[: n - g + 1]
-        centre = (n - g) / 2
-        best = min(range(len(widths)), key=lambda i: (round(float(widths[i]), 12), abs(i - centre)))
-        out.append(order[best : best + g])
+        i = 0 if n <= g else start(row[order[:n]], n, g)
+        out.append(order[i : i + g])
     return torch.stack(out)
+
+
+def _densest_start(s: torch.Tensor, n: int, g: int) -> int:
+    widths = s[g - 1 :] - s[: n - g + 1]
+    centre = (n - g) / 2
+    return min(range(len(widths)), key=lambda i: (round(float(widths[i]), 12), abs(i - centre)))
+
+
+def select_densest(r: torch.Tensor, g: int) -> torch.Tensor:
+    """Densest window: among the sorted rewards, the G consecutive ones with the smallest range
+    r_(i+G-1) - r_(i) (ties -> the window nearest the median). Drops outliers on either side."""
+    return _windowed(r, g, _densest_start)
 
 
 def select_trim(r: torch.Tensor, g: int) -> torch.Tensor:
     """Symmetric trimming: drop floor((K-G)/2) highest and the rest lowest (non-finite first)."""
-    out = []
-    for row in r:
-        order, n = _finite_sorted(row)
-        if n <= g:
-            out.append(order[:g])
-            continue
-        drop_high = (n - g) // 2
-        lo = n - g - drop_high
-        out.append(order[lo : lo + g])
-    return torch.stack(out)
+    return _windowed(r, g, lambda s, n, g: n - g - (n - g) // 2)
 
 
 def select_zband(r: torch.Tensor, g: int) -> torch.Tensor:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -30,12 +29,7 @@ from . import world
 from .model import build_model, save_text_encoder
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from ...checkpoint import sha256_file as sha256_of  # noqa: E402  (one implementation, re-exported)
 
 
 @torch.no_grad()
