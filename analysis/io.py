@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-NOT_SCIENCE = ("seed", "out", "tracking_uri", "experiment", "threads")  # as RunConfig.science_hash
+NOT_SCIENCE = ("seed", "out", "tracking_uri", "experiment", "threads", "model_fingerprint")  # as RunConfig.science_hash (the fingerprint is a run-dir check, not identity)
 SKIP_DIRS = {"analysis", "mlartifacts", "checkpoints", "samples", "figures"}
 ABLATION_FIELDS = ("subset", "prompt", "shaping")
 

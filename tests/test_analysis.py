@@ -453,3 +453,13 @@ def test_mlflow_source_and_analysis_run(tmp_path):
     # a second analysis ignores the first analysis run when reading the experiment
     ds = aio.load_mlflow(uri, "pareto")
     assert len(ds.runs) == 4 and not any("analysis" in w for w in ds.warnings)
+
+
+def test_science_hash_matches_the_engine_even_with_a_model_fingerprint():
+    from analysis.io import science_hash
+    from drift.config import make_config
+
+    cfg = make_config({"seed": "3", "train.lr": "3e-4"})
+    d = cfg.to_dict()
+    d["model_fingerprint"] = {"path": "x" * 64, "features": "y" * 64}  # written by the engine into config.json
+    assert science_hash(d) == cfg.science_hash()
