@@ -204,7 +204,7 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
             continue
         method, seed = str(cfg.get("method")), int(cfg.get("seed", -1))
         chash = science_hash(cfg)
-        flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_SCIENCE}
+        flat = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NOT_SCIENCE}
         runs.append({"run": name, "method": method, "seed": seed, "config": chash, "run_dir": rd,
                      "flat": flat, "ablation": _ablation_options(cfg.get("options") or {}),
                      "final_step": last, "_rows": ev})

@@ -265,10 +265,11 @@ def curves_figure(points: pd.DataFrame, variants: dict[str, str], path: str, key
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{colname} ({key})")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle("Evaluation metrics vs step (mean over seeds, 95% CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)  # outside: labels can be long
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
 
