@@ -11,8 +11,7 @@ and 0.01 (PickScore) on SD3.5-M.
 from dataclasses import dataclass
 
 from drift.config import check
-from drift.methods import Hooks, MethodSpec, RegInput
-from drift.sde import kl_gaussian_same_std
+from drift.methods import Hooks, MethodSpec, kl_regulariser
 
 
 @dataclass
@@ -24,13 +23,6 @@ class Options:
 
     def __post_init__(self):
         check(self.beta > 0, "flow_grpo_kl.beta", self.beta, "must be > 0 (beta = 0 is method=flow_grpo)")
-
-
-def kl_regulariser(beta: float, exact: bool):
-    def reg(inp: RegInput):
-        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt)
-        return beta * kl, {"loss/kl": float(kl.detach().mean())}
-    return reg
 
 
 def build(options: Options) -> Hooks:

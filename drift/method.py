@@ -29,8 +29,7 @@ import torch
 from .components import prompting, shaping, subset
 from .components.schedules import SCHEDULES, schedule_factor
 from .config import check
-from .methods import Hooks, MethodSpec, RegInput, SelectInput, ShapeInput, VaryInput, select_all, shape_none, vary_identity
-from .sde import kl_gaussian_same_std
+from .methods import Hooks, MethodSpec, SelectInput, ShapeInput, VaryInput, kl_regulariser, select_all, shape_none, vary_identity
 
 
 @dataclass
@@ -131,20 +130,13 @@ def make_shape(o: Options):
     return shape
 
 
-def make_kl(beta: float):
-    def reg(inp: RegInput):
-        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=False, dt=inp.dt)
-        return beta * kl, {"loss/kl": float(kl.detach().mean())}
-    return reg
-
-
 def build(o: Options) -> Hooks:
     return Hooks(
         oversample=o.oversample if o.subset != "none" else 1,
         vary_prompts=make_vary(o) if o.prompt != "none" else vary_identity,
         select_subset=make_select(o) if o.subset != "none" else select_all,
         shape_rewards=make_shape(o) if o.shaping != "none" else shape_none,
-        regulariser=make_kl(o.beta) if o.beta > 0 else None,
+        regulariser=kl_regulariser(o.beta) if o.beta > 0 else None,
         needs_reference=o.beta > 0,
         needs_step_features=o.shaping == "per_step",
     )

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from .config import ConfigError
+from .sde import kl_gaussian_same_std
 
 
 @dataclass
@@ -110,6 +111,16 @@ def shape_none(inp: ShapeInput) -> tuple[torch.Tensor, dict[str, float]]:
     return inp.rewards, {}
 
 
+def kl_regulariser(beta: float, exact: bool = False):
+    """Flow-GRPO's regulariser beta * KL(pi_theta || pi_ref) per trained step (closed form for two
+    same-variance Gaussian steps; see drift.sde.kl_gaussian_same_std for the code vs exact form)."""
+    def reg(inp: "RegInput"):
+        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt)
+        return beta * kl, {"loss/kl": float(kl.detach().mean())}
+
+    return reg
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What a method changes. Defaults are Flow-GRPO (beta = 0)."""
@@ -163,4 +174,4 @@ def option_fields(name: str) -> list[str]:
 
 
 __all__ = ["Cond", "VaryInput", "SelectInput", "ShapeInput", "RegInput", "Hooks", "MethodSpec", "NoOptions",
-           "METHODS", "method_spec", "option_fields", "field"]
+           "METHODS", "method_spec", "option_fields", "kl_regulariser"]

@@ -18,7 +18,7 @@ import random
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
 
     def run_eval(step: int) -> dict:
         t = time.time()
-        ctx = ema.swapped_in() if ema else _nullctx()
+        ctx = ema.swapped_in() if ema else nullcontext()
         with ctx:
             m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift)
         grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
@@ -389,11 +389,6 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         tracker.set_tag("termination_reason", f"{type(e).__name__}: {e}"[:500])
         raise
-
-
-@contextmanager
-def _nullctx():
-    yield
 
 
 def _last_eval(run_dir: str) -> dict:
