@@ -21,7 +21,6 @@ no method-specific branch.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -169,9 +168,5 @@ def method_spec(name: str) -> MethodSpec:
     return spec
 
 
-def option_fields(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(method_spec(name).options_cls)]
-
-
 __all__ = ["Cond", "VaryInput", "SelectInput", "ShapeInput", "RegInput", "Hooks", "MethodSpec", "NoOptions",
-           "METHODS", "method_spec", "option_fields", "kl_regulariser"]
+           "METHODS", "method_spec", "kl_regulariser"]

@@ -340,8 +340,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                         opt.zero_grad(set_to_none=True)
                         skips_in_row += 1
                         logs.setdefault("loss/skipped_steps", []).append(1.0)
-                        if skips_in_row >= tc.max_nonfinite_skips:
-                            tracker.finish("FAILED")
+                        if skips_in_row >= tc.max_nonfinite_skips:  # the handler below marks the run FAILED
                             raise RuntimeError(f"{skips_in_row} consecutive optimiser steps had a non-finite loss or "
                                                f"gradient (iteration {it}); stopping (train.max_nonfinite_skips)")
                         continue
@@ -372,7 +371,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
 
         # ---- finish ---------------------------------------------------------------------------------
-        final = {k: v for k, v in _last_eval(run_dir).items()}
+        final = _last_eval(run_dir)
         with open(final_path + ".tmp", "w") as f:
             json.dump(final, f, indent=1)
         os.replace(final_path + ".tmp", final_path)

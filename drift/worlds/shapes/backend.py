@@ -12,7 +12,6 @@ import math
 
 import torch
 
-from ...diversity import pairwise_distance
 from ...methods import Cond
 from . import world
 from .features import load_features
@@ -180,4 +179,4 @@ class ShapesWorld:
         }
 
 
-__all__ = ["ShapesWorld", "ShapesFeatures", "pairwise_distance"]
+__all__ = ["ShapesWorld", "ShapesFeatures"]
