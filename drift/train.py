@@ -83,6 +83,18 @@ def _py_state_from_json(s) -> tuple:
     return (s[0], tuple(s[1]), s[2])
 
 
+class Stopwatch:
+    """Wall-clock laps for the ``sys/*_seconds`` metrics (perf_counter; no device sync)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        d, self.t = now - self.t, now
+        return d
+
+
 def _finite_grads(params) -> bool:
     return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
 
@@ -233,6 +245,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                    initial=start, total=tc.iterations, mininterval=2)
         for it in bar:
             t_iter = time.time()
+            sw = Stopwatch()
             m: dict[str, float] = {}
             # ============================================================================================
             # ALGO 1: prompts, per-sample conditioning (method: vary_prompts), sampling with log-probs
@@ -249,17 +262,16 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             else:
                 noise = torch.randn(P * K, *world.latent_shape, generator=g_sample)
             fault("sampling", it)
-            t = time.time()
+            m["sys/prompt_seconds"] = sw.lap()
             with torch.no_grad():
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features)
-            m["sys/sample_seconds"] = time.time() - t
+            m["sys/sample_seconds"] = sw.lap()
 
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method)
             # ============================================================================================
             fault("reward", it)
-            t = time.time()
             heads = world.reward(traj.images, prompts)
             r_all = heads["reward"].float().view(P, K)
             bad = ~torch.isfinite(r_all)
@@ -274,13 +286,14 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
             r_kept = r_all.gather(1, idx)
             m["reward/kept_mean"] = float(torch.nanmean(r_kept))
+            m["sys/reward_seconds"] = sw.lap()
             feats = world.features.embed(traj.images).view(P, G, -1)
             step_feats = None
             if hooks.needs_step_features:
                 x0 = traj.x0_hat.flatten(0, 1)
                 step_feats = world.features.embed(world.decode(x0)).view(P, G, T, -1)
             m["diversity/train_pairwise"] = float(mean_pairwise_distance(feats).mean())
-            m["sys/reward_seconds"] = time.time() - t
+            m["sys/features_seconds"] = sw.lap()
 
             # ============================================================================================
             # ALGO 3: reward shaping (method) and group-relative advantages
@@ -292,11 +305,12 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             m.update(am)
             adv = adv.flatten(0, 1)  # (B,) or (B, T)
             B = P * G
+            m["sys/advantage_seconds"] = sw.lap()
 
             # ============================================================================================
             # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
             # ============================================================================================
-            t = time.time()
+            t_fwd = t_bwd = t_opt = 0.0
             mb = tc.micro_batch or B
             logs: dict[str, list[float]] = {}
             n_acc = 0
@@ -326,7 +340,9 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                             logs.setdefault(k2, []).append(v2)
                     loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
                     fault("backward", it)
+                    t_fwd += sw.lap()
                     loss.backward()
+                    t_bwd += sw.lap()
                     logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
                     logs.setdefault("loss/total", []).append(float(loss.detach()) * B / x_j.shape[0] * tc.steps_per_update)
                     logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
@@ -352,9 +368,12 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                     opt_step += 1
                     if ema:
                         ema.step(opt_step)
+                    t_opt += sw.lap()
             m.update({k: float(np.mean(v)) for k, v in logs.items()})
             m.setdefault("loss/skipped_steps", 0.0)
-            m["sys/train_seconds"] = time.time() - t
+            t_fwd += sw.lap()  # the logging of the last micro-batch
+            m.update({"sys/forward_seconds": t_fwd, "sys/backward_seconds": t_bwd, "sys/optimizer_seconds": t_opt,
+                      "sys/train_seconds": t_fwd + t_bwd + t_opt})
             m["sys/opt_steps"] = opt_step
 
             # ============================================================================================
@@ -365,7 +384,9 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                 m.update(run_eval(step))
             m["sys/iter_seconds"] = time.time() - t_iter
             if step % cfg.checkpoint_every == 0 or step == tc.iterations:
+                sw.lap()
                 save(step, m)
+                m["sys/checkpoint_seconds"] = sw.lap()
             fault("log", it)
             tracker.log(step, m)
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
