@@ -44,10 +44,12 @@ class Trajectories:
 @torch.no_grad()
 def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Tensor, sigmas: torch.Tensor,
                         noise_level: float, cfg: float, generator: torch.Generator, sde_type: str = "sde",
-                        record_x0: bool = False) -> Trajectories:
+                        record_x0: bool = False, draw_eps=None) -> Trajectories:
     """Run the flow-SDE from ``noise`` along ``sigmas``, recording states and log-probs.
 
-    With noise_level = 0 this is the Euler ODE (log-probs are zeros).
+    With noise_level = 0 this is the Euler ODE (log-probs are zeros). Each step's noise comes from
+    ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
+    from ``generator``.
     """
     x = noise
     xs, lps, x0s = [x], [], []
@@ -57,7 +59,9 @@ def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Ten
         v = guided_velocity(world, x, s, cond, uncond, cfg)
         if record_x0:
             x0s.append(x0_from_v(x, v, s))
-        out = sde_step_with_logprob(v, x, s, sigmas[i + 1], noise_level, sigma_1, generator=generator, sde_type=sde_type)
+        eps = draw_eps(x.shape, x.device) if draw_eps is not None else None
+        out = sde_step_with_logprob(v, x, s, sigmas[i + 1], noise_level, sigma_1, generator=generator, sde_type=sde_type,
+                                    eps=eps)
         x = out.prev_sample
         xs.append(x)
         lps.append(out.log_prob)

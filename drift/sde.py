@@ -58,6 +58,7 @@ def sde_step_with_logprob(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     sde_type: str = "sde",
+    eps: torch.Tensor | None = None,
 ) -> StepOut:
     """One Euler-Maruyama step of the marginal-preserving flow-SDE, with its Gaussian log-prob.
 
@@ -70,7 +71,9 @@ def sde_step_with_logprob(
         mu  = (1 - sigma_next) x0 + sqrt(sigma_next^2 - std^2) x1;  x' = mu + std eps
         log p = -mean (x' - mu)^2  (constants and the 1/(2 std^2) scale dropped, as upstream)
     With a = 0 both reduce to the Euler ODE step x + v dt. All math runs in fp32 (bf16 overflows in mu).
-    If ``prev_sample`` is given it is used as x' (to re-score a stored trajectory); else x' is drawn.
+    If ``prev_sample`` is given it is used as x' (to re-score a stored trajectory); else x' is drawn
+    with standard-normal ``eps`` if given (multi-process runs pass their slice of the global batch's
+    noise), else from ``generator``.
     The log-prob at a = 0 is undefined (degenerate Gaussian) and returned as zeros.
     """
     dtype = x.dtype
@@ -94,7 +97,9 @@ def sde_step_with_logprob(
         raise ValueError(f"sde_type={sde_type!r}: must be 'sde' or 'cps'")
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device)
     if prev_sample is None:
-        eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+        if eps is None:
+            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
+        eps = eps.float()
         prev_sample = mean + std * eps
     prev_sample = prev_sample.float()
     if noise_level == 0:
