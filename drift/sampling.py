@@ -51,7 +51,7 @@ def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Ten
     ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
     from ``generator``.
     """
-    x = noise
+    x = noise.to(world.device)  # noise is drawn on the CPU (seeded generators); the world may run elsewhere
     xs, lps, x0s = [x], [], []
     sigma_1 = sigmas[1]
     for i in range(len(sigmas) - 1):

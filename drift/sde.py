@@ -98,8 +98,10 @@ def sde_step_with_logprob(
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device)
     if prev_sample is None:
         if eps is None:
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device)
-        eps = eps.float()
+            # drawn on the generator's device (the run's generators live on the CPU), then moved
+            eps = torch.randn(x.shape, generator=generator, dtype=torch.float32,
+                              device=generator.device if generator is not None else x.device)
+        eps = eps.to(x.device).float()
         prev_sample = mean + std * eps
     prev_sample = prev_sample.float()
     if noise_level == 0:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed as dist
 from .advantages import group_advantages, ppo_clip_loss
 from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import ConfigError, RunConfig, diff_configs, make_config
@@ -135,13 +136,49 @@ def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, l
     return run_dir, changes
 
 
+def batch_plan(cfg: RunConfig, world: int) -> "dist.BatchPlan":
+    """The iteration's batch sizes over ``world`` processes (whole groups per rank); ConfigError if
+    sample.groups_per_iter is not divisible by the world size or train.micro_batch does not divide a
+    rank's trajectories."""
+    T, tc = cfg.sample.num_steps, cfg.train
+    return dist.plan(cfg.sample.groups_per_iter, cfg.sample.group_size, method_spec(cfg.method).build(cfg.options).oversample,
+                     tc.micro_batch, min(int(T * tc.timestep_fraction), T - 1), tc.steps_per_update, world)
+
+
+def _rank_reduction(key: str) -> str | None:
+    """How a metric computed on one rank's share is combined over ranks: the loss diagnostics
+    (per-rank means over equal shares) by their mean, timings by their max; everything else is
+    computed from gathered global tensors and is already identical on every rank."""
+    if key.startswith("loss/"):
+        return "mean"
+    if key.startswith("sys/") and key.endswith("_seconds"):
+        return "max"
+    return None
+
+
+def _code_changes(old: dict | None, new: dict, run_dir: str, allow: bool) -> list[str]:
+    """The code-version change between a checkpoint and the code running now, as a one-line diff
+    naming the changed files; ConfigError unless ``allow`` (--allow-resume-with-changes)."""
+    if not old or old.get("code_hash") == new["code_hash"]:
+        return []
+    a, b = old.get("files", {}), new["files"]
+    files = sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
+    change = f"code: {old['code_hash']} -> {new['code_hash']} (changed: {', '.join(files[:20]) or '?'})"
+    if not allow:
+        raise ConfigError(f"the checkpoint in {run_dir} was written by different code:\n  {change}\nuse "
+                          "--allow-resume-with-changes (sweeps: --code-policy warn) to resume anyway (recorded as an MLflow tag)")
+    return [change]
+
+
 # ================================================================================================
 # The run
 # ================================================================================================
 def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fault_hook=None) -> dict:
     """Run (or resume, or skip if finished) one training run; returns the final eval metrics."""
     check_available(cfg)
-    run_dir, changes = prepare_run_dir(cfg, allow_changes)
+    dist.init()  # a no-op unless launched with several processes (torchrun, accelerate launch, Slurm tasks)
+    bp = batch_plan(cfg, dist.world_size())  # ConfigError naming the field before anything is written
+    run_dir, changes = dist.on_main(lambda: prepare_run_dir(cfg, allow_changes), share=True)
     done_path = os.path.join(run_dir, "DONE")
     final_path = os.path.join(run_dir, "final_eval.json")
     if os.path.exists(done_path) and os.path.exists(final_path):
@@ -159,6 +196,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     hooks = method_spec(cfg.method).build(cfg.options)
     world = make_world(cfg)  # LoRA init draws from the seeded global torch RNG
     params = world.trainable_parameters()
+    dist.broadcast_(params.values())  # every rank starts from rank 0's weights
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
     ema = EMA(params, tc.ema_decay, tc.ema_every) if tc.ema else None
     prompt_rng = random.Random(cfg.seed)
@@ -167,11 +205,16 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     train_prompts = world.train_prompts()
     eval_prompts = world.eval_prompts(cfg.eval.num_prompts)
     noise_eval = eval_noise(world, len(eval_prompts), cfg.eval.seeds)
-    sigmas = sigma_schedule(T, S.shift)
+    sigmas = sigma_schedule(T, S.shift).to(world.device)
     n_train = min(int(T * tc.timestep_fraction), T - 1)  # the last step (into sigma = 0) is never trained
     K = hooks.oversample * G
+    Pl, grp, rows = bp.groups_per_rank, bp.group_rows(), bp.sample_rows()  # this rank's groups and samples
+    dist.on_main(lambda: print(bp.describe(), flush=True))
 
     # ---- resume -------------------------------------------------------------------------------
+    from .launch import code_state
+
+    code = code_state()  # recorded in every checkpoint; a resume under other code is refused unless allowed
     start, opt_step, skips_in_row, pending_row = 0, 0, 0, None
     ckpt = load_latest(run_dir)
     if ckpt is not None:
@@ -189,10 +232,14 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         prompt_rng.setstate(_py_state_from_json(st["prompt_rng"]))
         g_sample.set_state(tensors["rng/sample"])
         g_method.set_state(tensors["rng/method"])
-        torch.set_rng_state(tensors["rng/torch"])
-        random.setstate(_py_state_from_json(st["py_rng"]))
+        torch_states = tensors.get("rng/torch_ranks", tensors["rng/torch"].unsqueeze(0))
+        py_states = st.get("py_rng_ranks", [st["py_rng"]])
+        r = dist.rank() if dist.rank() < len(py_states) else 0  # a resume on more processes than saved
+        torch.set_rng_state(torch_states[r])
+        random.setstate(_py_state_from_json(py_states[r]))
         opt_step, skips_in_row = st["opt_step"], st["skips_in_row"]
         pending_row = st.get("row")
+        changes = changes + _code_changes(st.get("code"), code, run_dir, allow_changes)
         if ema:
             ema.updates = st["ema_updates"]
         print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
@@ -200,9 +247,10 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir)}
     if changes:
         tags["resumed_with_changes"] = "; ".join(changes)[:5000]
-    tracker = Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
-                      f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
-                      os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None, tags=tags)
+    tracker = dist.on_main(lambda: Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
+                                           f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
+                                           os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None,
+                                           tags=tags), default=dist.NullTracker())
     if pending_row is not None and tracker.last_step() < start:  # crashed between checkpoint and log
         tracker.log(start, pending_row)
 
@@ -213,7 +261,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift)
         grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
         os.makedirs(os.path.dirname(grid), exist_ok=True)
-        save_grid(imgs[: cfg.eval.grid_prompts], grid)
+        dist.on_main(lambda: save_grid(imgs[: cfg.eval.grid_prompts], grid))
         m["sys/eval_seconds"] = time.time() - t
         return m
 
@@ -228,20 +276,23 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         for i, s in sd["state"].items():
             for n, v in s.items():
                 tensors[f"optim/{i}/{n}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        torch_states = dist.gather_rows(torch.get_rng_state().unsqueeze(0))  # (world, n): per-rank global RNGs
+        py_states = dist.gather_json(_py_state_to_json(random.getstate()))
         tensors.update({"rng/sample": _gen_state(g_sample), "rng/method": _gen_state(g_method),
-                        "rng/torch": torch.get_rng_state()})
+                        "rng/torch": torch_states[0].clone(), "rng/torch_ranks": torch_states})
         state = {"iteration": step, "opt_step": opt_step, "skips_in_row": skips_in_row,
                  "optim_param_groups": sd["param_groups"], "prompt_rng": _py_state_to_json(prompt_rng.getstate()),
-                 "py_rng": _py_state_to_json(random.getstate()), "ema_updates": ema.updates if ema else 0,
-                 "mlflow_run_id": tracker.run_id, "row": row, "config_hash": cfg.science_hash()}
+                 "py_rng": py_states[0], "py_rng_ranks": py_states, "world_size": dist.world_size(),
+                 "ema_updates": ema.updates if ema else 0,
+                 "mlflow_run_id": tracker.run_id, "row": row, "config_hash": cfg.science_hash(), "code": code}
         fault("checkpoint", step)
-        save_checkpoint(run_dir, step, tensors, state)
+        dist.on_main(lambda: save_checkpoint(run_dir, step, tensors, state))
 
     try:
         if start == 0:
             tracker.log(0, run_eval(0))
 
-        bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not progress,
+        bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not (progress and dist.is_main()),
                    initial=start, total=tc.iterations, mininterval=2)
         for it in bar:
             t_iter = time.time()
@@ -255,24 +306,27 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             texts = [world.prompt_text(p) for p in prompts]
             cond, vm = hooks.vary_prompts(VaryInput(world.encode(texts), texts, prompts, world.paraphrase, world.encode,
                                                     it, tc.iterations, g_method))
-            uncond = world.encode([""] * len(texts))
+            cond = cond.index(rows)  # vary_prompts saw the global batch (same RNG draws on every rank)
+            uncond = world.encode([""] * len(cond))
             m.update(vm)
             if S.same_noise:
                 noise = torch.randn(P, 1, *world.latent_shape, generator=g_sample).expand(P, K, *world.latent_shape).flatten(0, 1)
             else:
                 noise = torch.randn(P * K, *world.latent_shape, generator=g_sample)
+            noise = noise[rows]  # the global batch's noise, drawn on every rank, sliced
             fault("sampling", it)
             m["sys/prompt_seconds"] = sw.lap()
             with torch.no_grad():
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
-                                           S.sde_type, record_x0=hooks.needs_step_features)
+                                           S.sde_type, record_x0=hooks.needs_step_features,
+                                           draw_eps=dist.sliced_randn(g_sample, rows, bp.images))
             m["sys/sample_seconds"] = sw.lap()
 
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method)
             # ============================================================================================
             fault("reward", it)
-            heads = world.reward(traj.images, prompts)
+            heads = dist.gather_dict_rows(world.reward(traj.images, prompts[rows]))  # every group, every rank
             r_all = heads["reward"].float().view(P, K)
             bad = ~torch.isfinite(r_all)
             for gi in bad.any(1).nonzero().flatten().tolist():
@@ -282,16 +336,16 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             m.update({f"reward/{k}": float(v.float().mean()) for k, v in heads.items() if k != "reward"})
             idx, sm = hooks.select_subset(SelectInput(r_all, G, it, tc.iterations))
             m.update(sm)
-            flat = (torch.arange(P).view(-1, 1) * K + idx).flatten()
+            flat = (torch.arange(Pl).view(-1, 1) * K + idx[grp]).flatten()  # this rank's kept samples
             traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
             r_kept = r_all.gather(1, idx)
             m["reward/kept_mean"] = float(torch.nanmean(r_kept))
             m["sys/reward_seconds"] = sw.lap()
-            feats = world.features.embed(traj.images).view(P, G, -1)
+            feats = dist.gather_rows(world.features.embed(traj.images).view(Pl, G, -1))
             step_feats = None
             if hooks.needs_step_features:
                 x0 = traj.x0_hat.flatten(0, 1)
-                step_feats = world.features.embed(world.decode(x0)).view(P, G, T, -1)
+                step_feats = dist.gather_rows(world.features.embed(world.decode(x0)).view(Pl, G, T, -1))
             m["diversity/train_pairwise"] = float(mean_pairwise_distance(feats).mean())
             m["sys/features_seconds"] = sw.lap()
 
@@ -303,15 +357,16 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             m.update(hm)
             adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
             m.update(am)
-            adv = adv.flatten(0, 1)  # (B,) or (B, T)
-            B = P * G
+            adv = adv[grp]  # identical global advantages on every rank; this rank's groups
+            adv = adv.flatten(0, 1).to(world.device)  # (B,) or (B, T); rewards and features live on the CPU
+            B = bp.trajectories_per_rank
             m["sys/advantage_seconds"] = sw.lap()
 
             # ============================================================================================
             # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
             # ============================================================================================
             t_fwd = t_bwd = t_opt = 0.0
-            mb = tc.micro_batch or B
+            mb = bp.micro_batch
             logs: dict[str, list[float]] = {}
             n_acc = 0
             opt.zero_grad(set_to_none=True)
@@ -338,13 +393,13 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                         loss = loss + reg
                         for k2, v2 in rm.items():
                             logs.setdefault(k2, []).append(v2)
-                    loss = loss.mean() * (x_j.shape[0] / B) / tc.steps_per_update
+                    loss = loss.mean() * (x_j.shape[0] / bp.trajectories) / tc.steps_per_update  # global batch
                     fault("backward", it)
                     t_fwd += sw.lap()
                     loss.backward()
                     t_bwd += sw.lap()
                     logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
-                    logs.setdefault("loss/total", []).append(float(loss.detach()) * B / x_j.shape[0] * tc.steps_per_update)
+                    logs.setdefault("loss/total", []).append(float(loss.detach()) * bp.trajectories / x_j.shape[0] * tc.steps_per_update)
                     logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
                     logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
                     logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
@@ -352,7 +407,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                 if n_acc == tc.steps_per_update or j == n_train - 1:
                     n_acc = 0
                     fault("optimizer", it)
-                    if not _finite_grads(params.values()) or not np.isfinite(logs["loss/total"][-1]):
+                    dist.sum_grads(params.values())  # = the 1-process gradient of the global batch
+                    if not _finite_grads(params.values()) or not dist.all_true(np.isfinite(logs["loss/total"][-1])):
                         opt.zero_grad(set_to_none=True)
                         skips_in_row += 1
                         logs.setdefault("loss/skipped_steps", []).append(1.0)
@@ -370,7 +426,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                         ema.step(opt_step)
                     t_opt += sw.lap()
             m.update({k: float(np.mean(v)) for k, v in logs.items()})
-            m.setdefault("loss/skipped_steps", 0.0)
+            m["loss/skipped_steps"] = float(len(logs.get("loss/skipped_steps", [])))  # a count, not a mean of 1s
             t_fwd += sw.lap()  # the logging of the last micro-batch
             m.update({"sys/forward_seconds": t_fwd, "sys/backward_seconds": t_bwd, "sys/optimizer_seconds": t_opt,
                       "sys/train_seconds": t_fwd + t_bwd + t_opt})
@@ -383,6 +439,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             if step % cfg.eval.every == 0 or step == tc.iterations:
                 m.update(run_eval(step))
             m["sys/iter_seconds"] = time.time() - t_iter
+            m = dist.reduce_metrics(m, _rank_reduction)  # loss/*: mean over ranks, sys/*_seconds: max
             if step % cfg.checkpoint_every == 0 or step == tc.iterations:
                 sw.lap()
                 save(step, m)
@@ -392,19 +449,22 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
 
         # ---- finish ---------------------------------------------------------------------------------
-        final = _last_eval(run_dir)
-        with open(final_path + ".tmp", "w") as f:
-            json.dump(final, f, indent=1)
-        os.replace(final_path + ".tmp", final_path)
-        last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
-        first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
-        for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
-            if os.path.exists(pth):
-                tracker.log_artifact(pth)
-        tracker.finish("FINISHED")
-        with open(done_path, "w") as f:
-            f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
-        return final
+        def finish() -> dict:
+            final = _last_eval(run_dir)
+            with open(final_path + ".tmp", "w") as f:
+                json.dump(final, f, indent=1)
+            os.replace(final_path + ".tmp", final_path)
+            last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
+            first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
+            for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
+                if os.path.exists(pth):
+                    tracker.log_artifact(pth)
+            tracker.finish("FINISHED")
+            with open(done_path, "w") as f:
+                f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
+            return final
+
+        return dist.on_main(finish, share=True)
     except BaseException as e:  # leave no MLflow run RUNNING; the last checkpoint is kept
         tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         tracker.set_tag("termination_reason", f"{type(e).__name__}: {e}"[:500])

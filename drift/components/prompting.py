@@ -25,7 +25,7 @@ def embed_noise(cond: Cond, scale: float, generator: torch.Generator) -> Cond:
         return cond
     def noisy(x: torch.Tensor) -> torch.Tensor:
         rms = x.pow(2).mean(dim=tuple(range(1, x.ndim)), keepdim=True).sqrt()
-        return x + scale * rms * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        return x + scale * rms * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return Cond(noisy(cond.hidden), noisy(cond.pooled))
 
 

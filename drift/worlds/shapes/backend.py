@@ -36,6 +36,7 @@ class ShapesWorld:
     """Pixel-space SD3 transformer + word-level text encoder; judge-based reward; CNN features."""
 
     name = "shapes"
+    device = torch.device("cpu")
 
     def __init__(self, cfg):
         m = cfg.model
