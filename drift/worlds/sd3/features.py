@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -57,12 +58,12 @@ def resize_center(images: torch.Tensor, size: int) -> torch.Tensor:
 class FeatureNet:
     """images (B, 3, H, W) in [0, 1] -> unit-norm embeddings (B, D) float32, on the images' device.
 
-    `fn` maps one preprocessed-or-raw batch on the model's device to raw embeddings; embed() chunks by
-    batch_size, runs without gradients and L2-normalises."""
+    `fn` maps one batch (on the model's device) to raw embeddings; embed() chunks by batch_size, runs without
+    gradients and L2-normalises. `backbone` is the cached model object (shared by every wrapper of it)."""
 
     def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device, batch_size: int,
-                 image_size: int, autocast_dtype: torch.dtype | None = None):
-        self.name, self.fn, self.device = name, fn, torch.device(device)
+                 image_size: int, backbone: object, autocast_dtype: torch.dtype | None = None):
+        self.name, self.fn, self.device, self.backbone = name, fn, torch.device(device), backbone
         self.batch_size, self.image_size, self.autocast_dtype = int(batch_size), int(image_size), autocast_dtype
 
     @torch.no_grad()
@@ -107,7 +108,8 @@ def _load_dreamsim(path: str | None, device, dtype):
             "torch.hub repo facebookresearch/dino into the same dir), then pass that dir as the dreamsim path")
     from dreamsim import dreamsim
 
-    with contextlib.redirect_stdout(None):  # the package prints "Using cached ..."
+    with contextlib.redirect_stdout(None), warnings.catch_warnings():  # it prints "Using cached ..." and
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # wraps its LoRA model twice
         model, _ = dreamsim(pretrained=True, device=str(torch.device(device)), cache_dir=cache_dir, dreamsim_type=kind)
     model.eval().requires_grad_(False)
     _BACKBONES[key] = (model, kind)
@@ -126,7 +128,7 @@ def _load_dino(path: str | None, device, dtype):
     except (OSError, ValueError) as e:
         raise RewardWeightsError(
             f"feature net 'dino': could not load {src!r} ({type(e).__name__}: {e}). How to obtain it: "
-            f"`hf download {DINO_DEFAULT} --include '*.json' model.safetensors` on a machine with internet (same HF_HOME "
+            f"`hf download {DINO_DEFAULT} --include '*.json' --include model.safetensors` on a machine with internet (same HF_HOME "
             "at run time), or pass a folder saved with Dinov2Model.save_pretrained") from e
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     _BACKBONES[key] = model
@@ -145,11 +147,11 @@ def load_features(name: str, path: str | None, device="cpu", dtype=torch.float32
         raise ValueError(f"load_features: image_size = {image_size}; must be None (native) or >= 14")
     device = torch.device(device)
     if name == "clip":
-        how = (f"`hf download {CLIP_L14} --include '*.json' '*.txt' model.safetensors` on a machine with internet "
+        how = (f"`hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors` on a machine with internet "
                "(same HF_HOME at run time), or pass a CLIPModel/CLIPProcessor save_pretrained folder")
         clip = load_hf_clip(path or CLIP_L14, None, device, dtype, f"feature net 'clip' (path {path!r})", how)
         size = int(image_size or clip.crop)
-        return FeatureNet("clip", lambda x: clip.image_embeds(x, size=size), device, batch_size, size)
+        return FeatureNet("clip", lambda x: clip.image_embeds(x, size=size), device, batch_size, size, clip)
     if name == "dino":
         model = _load_dino(path, device, dtype)
         size = int(image_size or 224)
@@ -158,11 +160,11 @@ def load_features(name: str, path: str | None, device="cpu", dtype=torch.float32
             px = normalize(resize_center(x, size), IMAGENET_MEAN, IMAGENET_STD).to(dtype)
             return model(pixel_values=px).pooler_output
 
-        return FeatureNet("dino", dino_fn, device, batch_size, size)
+        return FeatureNet("dino", dino_fn, device, batch_size, size, model)
     model, _kind = _load_dreamsim(path, device, dtype)
     size = int(image_size or 224)
     autocast = dtype if (dtype != torch.float32 and device.type == "cuda") else None  # weights stay fp32
-    return FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, autocast)
+    return FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, model, autocast)
 
 
 __all__ = ["FEATURES", "DEFAULT_PATHS", "DREAMSIM_FILES", "FeatureNet", "load_features", "find_dreamsim_type",

@@ -159,17 +159,20 @@ class RewardModel:
 
     def _cached_text(self, prompts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """Embeddings (B, D) of prompts: each distinct prompt is encoded once and cached (LRU, no grad)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        cache = self._text_cache
+        for p in prompts:
+            if p in cache:
+                cache.move_to_end(p)
+        missing = list(dict.fromkeys(p for p in prompts if p not in cache))
         if missing:
             with torch.no_grad():
                 emb = encode(missing)
             for p, e in zip(missing, emb):
-                self._text_cache[p] = e
-            while len(self._text_cache) > self.text_cache_size:
-                self._text_cache.popitem(last=False)
-        for p in prompts:
-            self._text_cache.move_to_end(p)
-        return torch.stack([self._text_cache[p] for p in prompts])
+                cache[p] = e
+        out = torch.stack([cache[p] for p in prompts])
+        while len(cache) > self.text_cache_size:  # evict after the lookup: a batch may exceed the bound
+            cache.popitem(last=False)
+        return out
 
 
 # -- transformers CLIP backbones (PickScore, CLIPScore, aesthetic, CLIP features) ----------------------------
@@ -285,7 +288,7 @@ class PickScoreReward(RewardModel):
         super().__init__(device, dtype)
         model_src = path or PICKSCORE_MODEL
         proc_src = path if _has_processor(path) else PICKSCORE_PROCESSOR
-        how = (f"`hf download {PICKSCORE_MODEL}` and `hf download {PICKSCORE_PROCESSOR} --include '*.json' '*.txt'` "
+        how = (f"`hf download {PICKSCORE_MODEL}` and `hf download {PICKSCORE_PROCESSOR} --include '*.json' --include '*.txt'` "
                "(older hubs: `huggingface-cli download ...`) on a machine with internet, then run with the same HF_HOME, "
                "or pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained as the pickscore path")
         self.clip = load_hf_clip(model_src, proc_src, device, dtype, f"reward 'pickscore' (path {path!r})", how)
@@ -309,7 +312,7 @@ class CLIPScoreReward(RewardModel):
 
     def __init__(self, path: str | None, device="cpu", dtype=torch.float32):
         super().__init__(device, dtype)
-        how = (f"`hf download {CLIP_L14} --include '*.json' '*.txt' model.safetensors` on a machine with internet "
+        how = (f"`hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors` on a machine with internet "
                "(same HF_HOME at run time), or pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained")
         self.clip = load_hf_clip(path or CLIP_L14, None, device, dtype, f"reward 'clipscore' (path {path!r})", how)
 
@@ -376,7 +379,7 @@ class AestheticReward(RewardModel):
     def __init__(self, path: str | None, device="cpu", dtype=torch.float32):
         super().__init__(device, dtype)
         how = (f"`wget -O {AESTHETIC_FILE} '{AESTHETIC_URL}'` into a folder and pass the folder (or the file) as the "
-               f"aesthetic path; the CLIP backbone: `hf download {CLIP_L14} --include '*.json' '*.txt' model.safetensors`")
+               f"aesthetic path; the CLIP backbone: `hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors`")
         what = f"reward 'aesthetic' (path {path!r})"
         if path is None:
             raise RewardWeightsError(f"{what}: the aesthetic MLP has no default location. How to obtain it: {how}")
