@@ -2,14 +2,16 @@
 
     python -m drift.bench                                   # the shapes world, default config
     python -m drift.bench train.iterations=8 sample.groups_per_iter=2 --json out.json
-    python -m drift.bench method=drift --bare-reps 5
+    python -m drift.bench method=drift sample.cfg=1
 
 One process, one run:
 1. A real training run (``drift.train.train``, MLflow to a throw-away SQLite store) of ``iterations``
    iterations. Its per-phase ``sys/*_seconds`` metrics give the breakdown; ``Tracker.log`` is wrapped to
    time logging and to stamp the wall clock, so an iteration's wall time is the time between two log calls
    (everything included: sampling ... checkpoint, logging).
-2. Bare compute, in the same process on the same world, model and shapes: the generator forwards of
+2. Bare compute, in the same process on a second copy of the world (same model, same shapes),
+   measured once between every two iterations (the run's fault hook calls it; its time is taken out of
+   the iteration's wall time), so both see the same machine load: the generator forwards of
    sampling (T steps of the CFG-doubled batch, no grad), the forward + backward passes of training
    (``n_train`` trained steps, per micro-batch), the reference forwards when the method needs them, the
    reward forward on every sample and the feature forward on the kept ones (plus per-step features when
@@ -100,102 +102,133 @@ class _LogTimer:
         tracking.Tracker.log = self._orig
 
 
-def bare_compute(cfg, reps: int = 3) -> dict:
-    """Seconds of the model passes one iteration needs, with nothing around them (median of ``reps``)."""
-    from .methods import Cond, method_spec
-    from .worlds import make_world
+class BareCompute:
+    """The model passes one iteration needs, with nothing around them, on a world of its own.
 
-    torch.manual_seed(cfg.seed)
-    hooks = method_spec(cfg.method).build(cfg.options)
-    world = make_world(cfg)
-    dev = getattr(world, "device", "cpu")
-    S, tc = cfg.sample, cfg.train
-    T, P, G = S.num_steps, S.groups_per_iter, S.group_size
-    K = hooks.oversample * G
-    B = P * G
-    n_train = min(int(T * tc.timestep_fraction), T - 1)
-    mult = 1 if S.cfg == 1 else 2
-    prompts = [p for p in world.train_prompts()[:P] for _ in range(K)]
-    texts = [world.prompt_text(p) for p in prompts]
-    cond, uncond = world.encode(texts), world.encode([""] * len(texts))
-    both = Cond.cat([cond, uncond]) if mult == 2 else cond
-    x_s = torch.randn(P * K * mult, *world.latent_shape, device=dev)
-    mb = tc.micro_batch or B
-    both_t = both.index(torch.arange(min(mb, B) * mult) % both.hidden.shape[0])
-    x_t = torch.randn(min(mb, B) * mult, *world.latent_shape, device=dev)
-    n_mb = -(-B // mb)
-    sigma = torch.tensor(0.5, device=dev)
-    params = list(world.trainable_parameters().values())
-    images = world.decode(torch.randn(P * K, *world.latent_shape, device=dev)).clamp(0, 1)
+    Built before the run; ``measure()`` times one repetition of every part and is called between the
+    run's iterations (interleaved, so both see the same machine load).
+    """
 
-    def timed(fn) -> float:
-        _sync(dev)
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        return time.perf_counter() - t
+    def __init__(self, cfg):
+        from .methods import Cond, method_spec
+        from .worlds import make_world
 
-    def sampling():
+        self.hooks = hooks = method_spec(cfg.method).build(cfg.options)
+        self.world = world = make_world(cfg)
+        self.dev = dev = getattr(world, "device", "cpu")
+        S, tc = cfg.sample, cfg.train
+        T, P, G = S.num_steps, S.groups_per_iter, S.group_size
+        K = hooks.oversample * G
+        B = P * G
+        self.T, self.B = T, B
+        self.n_train = min(int(T * tc.timestep_fraction), T - 1)
+        mult = 1 if S.cfg == 1 else 2
+        g = torch.Generator().manual_seed(0)  # not the global RNG: the run's streams stay untouched
+        self.prompts = [p for p in world.train_prompts()[:P] for _ in range(K)]
+        texts = [world.prompt_text(p) for p in self.prompts]
+        cond, uncond = world.encode(texts), world.encode([""] * len(texts))
+        self.both = both = Cond.cat([cond, uncond]) if mult == 2 else cond
+        self.x_s = torch.randn(P * K * mult, *world.latent_shape, generator=g).to(dev)
+        mb = tc.micro_batch or B
+        self.both_t = both.index(torch.arange(min(mb, B) * mult) % len(both))
+        self.x_t = torch.randn(min(mb, B) * mult, *world.latent_shape, generator=g).to(dev)
+        self.n_mb = -(-B // mb)
+        self.sigma = torch.tensor(0.5, device=dev)
+        self.params = list(world.trainable_parameters().values())
+        self.images = world.decode(torch.randn(P * K, *world.latent_shape, generator=g).to(dev)).clamp(0, 1)
+        self.parts = {"sample": self.sampling, "train": self.training, "reference": self.reference,
+                      "reward": self.reward, "features": self.features}
+        self.shapes = {"sample_batch": P * K * mult, "train_batch": min(mb, B) * mult, "denoise_steps": T,
+                       "trained_steps": self.n_train, "micro_batches": self.n_mb,
+                       "reference": hooks.needs_reference, "step_features": hooks.needs_step_features}
+        self.reps: list[dict] = []
+        self.measure(keep=False)  # warm-up
+
+    def sampling(self):
         with torch.no_grad():
-            for _ in range(T):
-                world.velocity(x_s, sigma, both)
+            for _ in range(self.T):
+                self.world.velocity(self.x_s, self.sigma, self.both)
 
-    def training():
-        for _ in range(n_train * n_mb):
-            world.velocity(x_t, sigma, both_t).float().square().mean().backward()
-        for p in params:
+    def training(self):
+        for _ in range(self.n_train * self.n_mb):
+            self.world.velocity(self.x_t, self.sigma, self.both_t).float().square().mean().backward()
+        for p in self.params:
             p.grad = None
 
-    def reference():
-        if hooks.needs_reference:
-            with torch.no_grad(), world.reference():
-                for _ in range(n_train * n_mb):
-                    world.velocity(x_t, sigma, both_t)
+    def reference(self):
+        if self.hooks.needs_reference:
+            with torch.no_grad(), self.world.reference():
+                for _ in range(self.n_train * self.n_mb):
+                    self.world.velocity(self.x_t, self.sigma, self.both_t)
 
-    def reward():
+    def reward(self):
         with torch.no_grad():
-            world.reward(images, prompts)
+            self.world.reward(self.images, self.prompts)
 
-    def features():
+    def features(self):
         with torch.no_grad():
-            world.features.embed(images[:B])
-            if hooks.needs_step_features:
-                for _ in range(T):
-                    world.features.embed(images[:B])
+            self.world.features.embed(self.images[: self.B])
+            if self.hooks.needs_step_features:
+                for _ in range(self.T):
+                    self.world.features.embed(self.images[: self.B])
 
-    parts = {"sample": sampling, "train": training, "reference": reference, "reward": reward, "features": features}
-    for fn in parts.values():  # warm-up
-        fn()
-    out = {k: _median([timed(fn) for _ in range(reps)]) for k, fn in parts.items()}
-    out["generator"] = out["sample"] + out["train"] + out["reference"]
-    out["total"] = out["generator"] + out["reward"] + out["features"]
-    out["shapes"] = {"sample_batch": P * K * mult, "train_batch": min(mb, B) * mult, "denoise_steps": T,
-                     "trained_steps": n_train, "micro_batches": n_mb, "reference": hooks.needs_reference,
-                     "step_features": hooks.needs_step_features}
-    return out
+    def measure(self, keep: bool = True) -> float:
+        """Time every part once; returns the seconds spent here."""
+        t0 = time.perf_counter()
+        rep = {}
+        for k, fn in self.parts.items():
+            _sync(self.dev)
+            t = time.perf_counter()
+            fn()
+            _sync(self.dev)
+            rep[k] = time.perf_counter() - t
+        if keep:
+            self.reps.append(rep)
+        return time.perf_counter() - t0
+
+    def summary(self) -> dict:
+        out = {k: _median([r[k] for r in self.reps]) for k in self.parts}
+        out["generator"] = out["sample"] + out["train"] + out["reference"]
+        out["total"] = out["generator"] + out["reward"] + out["features"]
+        out["repetitions"] = len(self.reps)
+        out["shapes"] = self.shapes
+        return out
 
 
-def run(overrides: list[str], bare_reps: int = 3, warmup: int = 1, progress: bool = False) -> dict:
+def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     """Train for the configured iterations in a temporary directory and measure; returns the result dict."""
-    from .config import make_config
+    from .config import ConfigError, make_config
     from .train import train
     from .tracking import read_metrics
 
     tmp = tempfile.mkdtemp(prefix="drift-bench-")
-    base = ["out=" + tmp, "experiment=bench", "train.iterations=6", "eval.every=1000", "checkpoint_every=1000"]
-    cfg = make_config(base + list(overrides))
+    items = {"out": tmp, "experiment": "bench", "tracking_uri": "sqlite:///" + os.path.join(tmp, "mlflow.db"),
+             "train.iterations": "6", "eval.every": "1000", "checkpoint_every": "1000"}
+    for o in overrides:  # the user's overrides win over these bench defaults
+        if "=" not in o:
+            raise ConfigError(f"{o!r}: overrides are key=value")
+        k, v = o.split("=", 1)
+        items[k] = v
+    cfg = make_config(items)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    bare = BareCompute(cfg)
+    hook_seconds: dict[int, float] = {}
+
+    def between_iterations(phase: str, it: int) -> None:  # train()'s fault hook, called at each phase start
+        if phase == "log":
+            hook_seconds[it + 1] = bare.measure()
+
     t0 = time.perf_counter()
     with _LogTimer() as lt:
-        train(cfg, progress=progress)
-    total = time.perf_counter() - t0
+        train(cfg, progress=progress, fault_hook=between_iterations)
+    total = time.perf_counter() - t0 - sum(hook_seconds.values())
     rows = {r["step"]: r for r in read_metrics(cfg.run_dir())}
     n = cfg.train.iterations
     iters = []
     for s in range(1, n + 1):
         r = rows[s]
-        wall = lt.stamps[s] - lt.stamps[s - 1]
+        wall = lt.stamps[s] - lt.stamps[s - 1] - hook_seconds[s]
         it = {"step": s, "wall": wall, "log": lt.seconds[s], "eval": r.get("sys/eval_seconds", 0.0),
               "checkpoint": r.get("sys/checkpoint_seconds", 0.0)}
         it.update({p: r.get(f"sys/{p}_seconds", 0.0) for p in PHASES})
@@ -204,7 +237,7 @@ def run(overrides: list[str], bare_reps: int = 3, warmup: int = 1, progress: boo
     plain = [i for i in iters[warmup:] if i["eval"] == 0 and i["checkpoint"] == 0] or iters[warmup:] or iters
     keys = PHASES + ("log", "other", "wall")
     breakdown = {k: _median([i[k] for i in plain]) for k in keys}
-    bare = bare_compute(cfg, bare_reps)
+    bare = bare.summary()
     S = cfg.sample
     from .methods import method_spec
 
@@ -260,15 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("flags: --json PATH (write the result), --bare-reps N (default 3), --warmup N (default 1), --progress")
+        print("flags: --json PATH (write the result), --warmup N (iterations left out, default 1), --progress")
         return 0
-    out_json, reps, warm, prog, items = None, 3, 1, False, []
+    out_json, warm, prog, items = None, 1, False, []
     it = iter(argv)
     for a in it:
         if a == "--json":
             out_json = next(it)
-        elif a == "--bare-reps":
-            reps = int(next(it))
         elif a == "--warmup":
             warm = int(next(it))
         elif a == "--progress":
@@ -281,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
-        r = run(items, reps, warm, prog)
+        r = run(items, warm, prog)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
