@@ -53,18 +53,26 @@ DREAMSIM_LORA = dict(r=16, lora_alpha=0.5, lora_dropout=0.3, bias="none", target
 def clip_bpe_tokenizer(model_max_length: int = 77):
     """The real CLIP BPE tokenizer (transformers CLIPTokenizer, 49,408 tokens) from open_clip's bundled vocab:
     256 byte symbols, the same with '</w>', 48,894 merges, then <|startoftext|> and <|endoftext|>. Ids equal
-    open_clip's SimpleTokenizer's."""
+    open_clip's SimpleTokenizer's. Built from vocab.json + merges.txt files (written to a temporary folder),
+    the constructor form shared by transformers 4.x and 5.x."""
     import gzip
+    import tempfile
 
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
     from transformers import CLIPTokenizer
 
     with gzip.open(default_bpe(), "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
-    merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
+    merges = [m.split() for m in lines[1:49152 - 256 - 2 + 1]]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=model_max_length)
+    with tempfile.TemporaryDirectory() as d:
+        vocab_file, merges_file = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump({t: i for i, t in enumerate(vocab)}, f)
+        with open(merges_file, "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        return CLIPTokenizer(vocab_file, merges_file, model_max_length=model_max_length)
 
 
 def _save_tiny_clip(out: str, seed: int, tokenizer, logit_scale: float = 100.0) -> str:
