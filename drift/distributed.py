@@ -257,31 +257,41 @@ def gather_json(obj: Any) -> list:
     return [json.loads(bytes(o[: int(s.item())].tolist()).decode()) for o, s in zip(out, sizes)]
 
 
-def main_first(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only and hand its JSON-serialisable result to every rank; if it raises,
-    every rank raises (rank 0 the original exception, the others a RuntimeError naming it), so a
-    start-up error on rank 0 never leaves the other ranks waiting at a collective."""
+def on_main(fn: Callable[[], Any], default: Any = None, share: bool = False) -> Any:
+    """Run ``fn`` on rank 0 only (file writes, MLflow); every other rank gets ``default``, or with
+    ``share`` rank 0's JSON-serialisable result. If ``fn`` raises, every rank raises (rank 0 the
+    original exception, the others a ConfigError/RuntimeError naming it), so an error on rank 0
+    never leaves the other ranks waiting at their next collective. One process: just ``fn()``."""
     if world_size() == 1:
         return fn()
     result, err = None, None
     if is_main():
         try:
             result = fn()
-        except BaseException as e:  # noqa: BLE001 -- re-raised below after telling the other ranks
+        except BaseException as e:  # noqa: BLE001 -- re-raised below, after telling the other ranks
             err = e
-    msg = {"ok": err is None, "result": result, "error": f"{type(err).__name__}: {err}" if err else None}
+    msg = {"error": f"{type(err).__name__}: {err}" if err is not None else None,
+           "result": result if (share and err is None) else None}
     msg = gather_json(msg if is_main() else None)[0]
     if err is not None:
         raise err
-    if not msg["ok"]:
+    if msg["error"] is not None:
         cls = ConfigError if msg["error"].startswith("ConfigError") else RuntimeError
         raise cls(f"rank 0 failed: {msg['error']}")
-    return msg["result"]
+    if is_main():
+        return result
+    return msg["result"] if share else default
 
 
-def main_only(fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """Call ``fn`` on rank 0 only (writes of files every rank would otherwise race on); None elsewhere."""
-    return fn(*args, **kwargs) if is_main() else None
+def broadcast_(tensors) -> None:
+    """Overwrite every rank's ``tensors`` with rank 0's, in place (start-up: identical weights)."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        with torch.no_grad():
+            buf = t.detach().to(_device()).contiguous()
+            tdist.broadcast(buf, src=0)
+            t.copy_(buf.to(t.device))
 
 
 class NullTracker:
@@ -307,4 +317,4 @@ class NullTracker:
 
 __all__ = ["init", "export_slurm_env", "world_size", "rank", "is_main", "barrier", "BatchPlan", "plan",
            "sliced_randn", "gather_rows", "gather_dict_rows", "sum_grads", "all_true", "reduce_metrics",
-           "gather_json", "main_first", "main_only", "NullTracker"]
+           "gather_json", "on_main", "broadcast_", "NullTracker"]
