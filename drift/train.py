@@ -235,7 +235,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         torch_states = tensors.get("rng/torch_ranks", tensors["rng/torch"].unsqueeze(0))
         py_states = st.get("py_rng_ranks", [st["py_rng"]])
         r = dist.rank() if dist.rank() < len(py_states) else 0  # a resume on more processes than saved
-        torch.set_rng_state(torch_states[r])
+        torch.set_rng_state(torch_states[r].clone())  # a row view (storage offset > 0) crashes set_rng_state
         random.setstate(_py_state_from_json(py_states[r]))
         opt_step, skips_in_row = st["opt_step"], st["skips_in_row"]
         pending_row = st.get("row")
