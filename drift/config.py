@@ -17,6 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SHAPES_ASSETS = os.path.join(os.path.dirname(__file__), "worlds", "shapes", "assets")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORLD_DEFAULTS: dict[str, dict[str, str]] = {
+    "shapes": {"path": os.path.join(SHAPES_ASSETS, "base"), "features": os.path.join(SHAPES_ASSETS, "features")},
+    "sd3": {"path": "stabilityai/stable-diffusion-3.5-medium", "features": "dreamsim"},
+}
+"""What an empty ``model.path`` / ``model.features`` resolves to, per world (resolved in __post_init__, so
+config.json and the config hash hold the resolved value)."""
+
+SD3_FEATURES = ("dreamsim", "clip", "dino")  # = drift.worlds.sd3.features.FEATURES (kept here: no torch import)
+SD3_REWARDS = ("pickscore", "hpsv21", "clipscore", "aesthetic", "jpeg")  # = drift.worlds.sd3.rewards.REWARDS
+DTYPES = ("fp32", "fp16", "bf16")
 
 
 class ConfigError(ValueError):
@@ -35,10 +47,11 @@ def check(cond: bool, field_name: str, value: Any, rule: str) -> None:
 @dataclass
 class ModelConfig:
     world: str = "shapes"
-    """Which world/backend: 'shapes' (the embedded pixel-space world) or 'sd3' (diffusers SD3 pipelines;
-    its configs validate, for dry runs, but its backend is not built yet: a run stops at start-up)."""
-    path: str = os.path.join(SHAPES_ASSETS, "base")
-    """Base model: a local folder (or, for 'sd3', a hub id). The shapes default is the committed model."""
+    """Which world/backend: 'shapes' (the embedded pixel-space world) or 'sd3' (diffusers SD3-family
+    pipelines; its own settings are the sd3.* section)."""
+    path: str = ""
+    """Base model: a local folder (or, for 'sd3', a hub id). '' = the world's default: shapes -> the
+    committed model, sd3 -> stabilityai/stable-diffusion-3.5-medium."""
     finetune: str = "lora"
     """'lora' (peft adapter; the reference policy is the base with the adapter disabled) or 'full'."""
     lora_rank: int = 8
@@ -47,12 +60,18 @@ class ModelConfig:
     """LoRA alpha (scale = alpha / r)."""
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
     """Module names that get LoRA adapters (Flow-GRPO: the joint-attention projections)."""
-    features: str = os.path.join(SHAPES_ASSETS, "features")
-    """Diversity feature network used in-loop and for evaluation (shapes: the committed CNN)."""
+    features: str = ""
+    """Diversity feature network used in-loop and for evaluation. shapes: a folder ('' = the committed
+    CNN); sd3: a feature-net name, 'dreamsim' (default), 'clip' or 'dino' (its weights: sd3.features_path)."""
 
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
         check(self.world in ("shapes", "sd3"), "model.world", self.world, "must be 'shapes' or 'sd3'")
+        self.path = self.path or WORLD_DEFAULTS[self.world]["path"]
+        self.features = self.features or WORLD_DEFAULTS[self.world]["features"]
+        if self.world == "sd3":
+            check(self.features in SD3_FEATURES, "model.features", self.features,
+                  f"for model.world='sd3' it names a feature net, one of {SD3_FEATURES}")
         check(self.finetune in ("lora", "full"), "model.finetune", self.finetune, "must be 'lora' or 'full'")
         check(self.lora_rank >= 1, "model.lora_rank", self.lora_rank, "must be >= 1")
         check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "must be > 0")
@@ -183,6 +202,109 @@ class EvalConfig:
 
 
 @dataclass
+class SD3Config:
+    """Settings of the SD3 world (model.world=sd3; drift/worlds/sd3/backend.py). Other worlds ignore this
+    section, and it must then stay at its defaults; it enters config.json and the config hash only for sd3.
+
+    Flow-GRPO's SD3.5-M settings for the other sections (LoRA r 32 / alpha 64, shift 3, CFG 4.5, ...) are in
+    experiments/grids/presets.py (SD3); ``python experiments/grids/presets.py sd3`` prints them as overrides."""
+
+    dtype: str = "bf16"
+    """Weights and compute of the transformer and text encoders: 'bf16', 'fp16' or 'fp32' (LoRA weights, the
+    optimiser and all SDE / log-prob math stay fp32). Flow-GRPO trains in fp16 with loss scaling, which
+    this engine does not do, hence bf16 by default."""
+    vae_dtype: str = "fp32"
+    """VAE weights and decode precision (Flow-GRPO keeps the VAE in fp32)."""
+    device: str = "auto"
+    """Where the model runs: 'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:<i>'."""
+    resolution: int = 512
+    """Image side in pixels (square); the latent is resolution / 8 (the VAE's factor) per side."""
+    gradient_checkpointing: bool = False
+    """Recompute transformer activations in the backward pass (less memory, ~30% slower training forward)."""
+    max_sequence_length: int = 128
+    """T5 tokens per prompt (diffusers' pipeline default is 256; 128 is this project's default for speed)."""
+    text_cache_size: int = 512
+    """Prompt texts whose embeddings stay cached on the device (LRU); ~1.7 MB each for SD3.5-M at 128 T5 tokens."""
+    vae_batch_size: int = 16
+    """Latents decoded per VAE call (bounds decode memory)."""
+    prompts: str = "prompts/drift_sd3_v1.txt"
+    """Prompt file: text (one prompt per line) or JSONL ({"prompt": ..., optional "split": "train"|"eval"}).
+    A relative path is looked up from the current directory, then from the repository root."""
+    eval_prompts: str = ""
+    """Optional separate file of evaluation prompts ('' = the eval split of ``prompts``)."""
+    eval_fraction: float = 0.25
+    """Share of the prompts of ``prompts`` without a "split" field that go to evaluation (by a hash of the text)."""
+    w_pickscore: float = 1.0
+    """Weight of PickScore (/26 scale, ~0.8-0.9 on SD3.5-M) in the training reward (0 = not used)."""
+    w_hpsv21: float = 0.0
+    """Weight of HPSv2.1 (raw cosine, ~0.25-0.35) in the training reward."""
+    w_clipscore: float = 0.0
+    """Weight of CLIPScore (100 cos / 30 scale) in the training reward."""
+    w_aesthetic: float = 0.0
+    """Weight of the LAION aesthetic predictor (~1-10 scale) in the training reward."""
+    w_jpeg: float = 0.0
+    """Weight of JPEG compressibility (-kB / 500 at quality 95; no weights needed) in the training reward."""
+    eval_rewards: tuple[str, ...] = ()
+    """Extra reward heads computed at evaluation only (monitors, logged as eval/monitor/<name>)."""
+    pickscore_path: str = ""
+    """PickScore weights: hub id or local folder ('' = yuvalkirstain/PickScore_v1 + the CLIP-H processor)."""
+    hpsv21_path: str = ""
+    """HPSv2.1: a folder or file holding HPS_v2.1_compressed.pt ('' = hub xswu/HPSv2)."""
+    clipscore_path: str = ""
+    """CLIPScore's CLIP model: hub id or folder ('' = openai/clip-vit-large-patch14)."""
+    aesthetic_path: str = ""
+    """Aesthetic predictor: folder with the CLIP-L model and sac+logos+ava1-l14-linearMSE.pth ('' = defaults)."""
+    reward_batch_size: int = 32
+    """Images per forward of each reward model."""
+    reward_dtype: str = "fp32"
+    """Precision of the reward models (PickScore is scored in fp32 upstream)."""
+    features_path: str = ""
+    """Weights of the feature net named by model.features ('' = its default: ~/.cache/dreamsim, or the hub id)."""
+    features_batch_size: int = 32
+    """Images per forward of the feature net."""
+    features_image_size: int = 0
+    """Side the feature net sees (0 = its native size, 224); smaller is cheaper."""
+
+    def __post_init__(self):
+        self.eval_rewards = tuple(self.eval_rewards)
+        for n in ("dtype", "vae_dtype", "reward_dtype"):
+            check(getattr(self, n) in DTYPES, f"sd3.{n}", getattr(self, n), f"must be one of {DTYPES}")
+        check(self.device == "auto" or self.device == "cpu" or self.device.split(":")[0] == "cuda", "sd3.device",
+              self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+        check(self.resolution >= 16 and self.resolution % 16 == 0, "sd3.resolution", self.resolution,
+              "must be a positive multiple of 16 (VAE factor 8 x patch 2)")
+        check(self.max_sequence_length >= 1, "sd3.max_sequence_length", self.max_sequence_length, "must be >= 1")
+        check(self.text_cache_size >= 1, "sd3.text_cache_size", self.text_cache_size, "must be >= 1")
+        check(self.vae_batch_size >= 1, "sd3.vae_batch_size", self.vae_batch_size, "must be >= 1")
+        check(bool(self.prompts), "sd3.prompts", self.prompts, "must name a prompt file")
+        check(0 < self.eval_fraction < 1, "sd3.eval_fraction", self.eval_fraction, "must be in (0, 1)")
+        for n in SD3_REWARDS:
+            w = getattr(self, f"w_{n}")
+            check(w == w and abs(w) != float("inf"), f"sd3.w_{n}", w, "must be finite")
+        check(any(getattr(self, f"w_{n}") != 0 for n in SD3_REWARDS), "sd3.w_pickscore", self.w_pickscore,
+              f"the reward weights sd3.w_{{{','.join(SD3_REWARDS)}}} must not all be 0")
+        bad = [n for n in self.eval_rewards if n not in SD3_REWARDS]
+        check(not bad, "sd3.eval_rewards", self.eval_rewards, f"unknown reward(s) {bad}; known: {SD3_REWARDS}")
+        check(len(set(self.eval_rewards)) == len(self.eval_rewards), "sd3.eval_rewards", self.eval_rewards, "repeats a name")
+        check(self.reward_batch_size >= 1, "sd3.reward_batch_size", self.reward_batch_size, "must be >= 1")
+        check(self.features_batch_size >= 1, "sd3.features_batch_size", self.features_batch_size, "must be >= 1")
+        check(self.features_image_size == 0 or self.features_image_size >= 14, "sd3.features_image_size",
+              self.features_image_size, "must be 0 (native) or >= 14")
+
+    def reward_weights(self) -> dict[str, float]:
+        """{name: weight} of the training reward heads with a non-zero weight."""
+        return {n: getattr(self, f"w_{n}") for n in SD3_REWARDS if getattr(self, f"w_{n}") != 0}
+
+    def reward_paths(self) -> dict[str, str | None]:
+        """{name: path or None (the reward's default location)} for every reward with weights."""
+        return {n: (getattr(self, f"{n}_path") or None) for n in SD3_REWARDS if n != "jpeg"}
+
+
+WORLD_SECTIONS = {"sd3": "sd3"}
+"""Sections that belong to one world (section -> world): in config.json and the hash only for that world."""
+
+
+@dataclass
 class RunConfig:
     method: str = "flow_grpo"
     """Method preset (see drift.methods.METHODS): flow_grpo, flow_grpo_kl, ..."""
@@ -203,6 +325,7 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sd3: SD3Config = field(default_factory=SD3Config)
     options: Any = None
     """The method's own options dataclass (set from '<method>.<field>=...' overrides)."""
 
@@ -221,6 +344,12 @@ class RunConfig:
         check(self.threads >= 0, "threads", self.threads, "must be >= 0")
         check(bool(self.experiment) and "/" not in self.experiment, "experiment", self.experiment,
               "must be a non-empty name without '/'")
+        for sec, world in WORLD_SECTIONS.items():
+            if self.model.world != world:
+                changed = diff_configs(dataclasses.asdict(type(getattr(self, sec))()), dataclasses.asdict(getattr(self, sec)),
+                                       f"{sec}.")
+                check(not changed, f"{sec}.*", "; ".join(changed), f"the {sec}.* settings apply to model.world={world!r} "
+                      f"only (model.world is {self.model.world!r})")
         if self.train.micro_batch:
             n = self.sample.group_size * self.sample.groups_per_iter
             check(n % self.train.micro_batch == 0, "train.micro_batch", self.train.micro_batch,
@@ -232,6 +361,9 @@ class RunConfig:
         """Plain nested dict of the config (what config.json holds, minus ``model_fingerprint``)."""
         d = dataclasses.asdict(self)
         d["options"] = dataclasses.asdict(self.options)
+        for sec, world in WORLD_SECTIONS.items():  # absent for other worlds: their hashes predate the section
+            if self.model.world != world:
+                d.pop(sec)
         return d
 
     def science_hash(self) -> str:
@@ -317,7 +449,7 @@ def _build(cls, values: dict, prefix: str):
         raise ConfigError(f"{prefix}: {e}") from None
 
 
-SECTIONS = ("model", "reward", "sample", "train", "eval")
+SECTIONS = ("model", "reward", "sample", "train", "eval", "sd3")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -368,7 +500,8 @@ def make_config(overrides: dict[str, Any] | list[str] | None = None, base: dict[
                   f"{method!r} takes {sorted(f.name for f in dataclasses.fields(spec.options_cls))}")
         else:
             _fail(key, val, f"unknown section {head!r}; sections are {list(SECTIONS)} and the method name {method!r}")
-    classes = {"model": ModelConfig, "reward": RewardConfig, "sample": SampleConfig, "train": TrainConfig, "eval": EvalConfig}
+    classes = {"model": ModelConfig, "reward": RewardConfig, "sample": SampleConfig, "train": TrainConfig, "eval": EvalConfig,
+               "sd3": SD3Config}
     built = {s: _build(classes[s], sections[s], s) for s in SECTIONS}
     opts = _build(spec.options_cls, options, method)
     return RunConfig(**top, **built, options=opts)

@@ -87,9 +87,9 @@ def test_replaced_model_is_refused_on_resume(tmp_path):
         train(cfg, progress=False)
 
 
-def test_unbuilt_world_fails_before_writing(tmp_path):
-    cfg = tiny(tmp_path, "model.world=sd3")
-    with pytest.raises(NotImplementedError, match="model.world='sd3'"):
+def test_missing_sd3_weights_fail_before_writing(tmp_path):
+    cfg = tiny(tmp_path, "model.world=sd3")  # the default hub id, absent from the (offline) cache
+    with pytest.raises(ConfigError, match="model.path='stabilityai/stable-diffusion-3.5-medium'.*huggingface-cli download"):
         train(cfg, progress=False)
     assert not os.path.exists(cfg.run_dir())
 
