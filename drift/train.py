@@ -527,10 +527,11 @@ def help_text() -> str:
 
     lines = ["", "Overrides are key=value. Keys and defaults:"]
     for sec, cls in [("", C.RunConfig), ("model.", C.ModelConfig), ("reward.", C.RewardConfig),
-                     ("sample.", C.SampleConfig), ("train.", C.TrainConfig), ("eval.", C.EvalConfig)]:
+                     ("sample.", C.SampleConfig), ("train.", C.TrainConfig), ("eval.", C.EvalConfig),
+                     ("sd3.", C.SD3Config)]:
         d = docs(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ("model", "reward", "sample", "train", "eval", "options"):
+            if f.name in ("model", "reward", "sample", "train", "eval", "sd3", "options"):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"  {sec}{f.name}={default!r}\n      {d.get(f.name, '')}")
