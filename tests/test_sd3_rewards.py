@@ -275,3 +275,23 @@ def test_tiny_dreamsim_is_small_on_disk_and_full_size_in_memory(tiny):
     assert feat.find_dreamsim_type(tiny["dreamsim"]) == "open_clip_vitb32"
     model = feat.load_features("dreamsim", tiny["dreamsim"]).backbone
     assert sum(p.numel() for p in model.parameters()) > 85_000_000
+
+
+# -- CUDA (skipped without a GPU; run by the GPU check) ------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_matches_cpu_fp32(tiny, images):
+    """Every head and feature net on CUDA in bf16 returns float32 on the images' device, close to CPU fp32."""
+    x_gpu = images.cuda()
+    for name in sorted(rw.REWARDS):
+        cpu = rw.load_reward(name, tiny.get(name))(images, PROMPTS)
+        gpu = rw.load_reward(name, tiny.get(name), device="cuda", dtype=torch.bfloat16)(x_gpu, PROMPTS)
+        assert gpu.device.type == "cuda" and gpu.dtype == torch.float32 and torch.isfinite(gpu).all()
+        tol = 0.05 * float(cpu.abs().max()) + 1e-3
+        assert (gpu.cpu() - cpu).abs().max() <= tol, (name, cpu, gpu)
+    out = rw.MultiReward({"pickscore": 1.0, "jpeg": 0.01}, tiny, device="cuda", dtype=torch.bfloat16)(x_gpu, PROMPTS)
+    assert out["reward"].device.type == "cuda"
+    for name in sorted(feat.FEATURES):
+        cpu = feat.load_features(name, tiny[name]).embed(images)
+        gpu = feat.load_features(name, tiny[name], device="cuda", dtype=torch.bfloat16).embed(x_gpu)
+        assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+        assert (gpu.cpu() * cpu).sum(-1).min() > 0.99, name  # cosine between the CPU and GPU embeddings

@@ -192,12 +192,90 @@ def build_tiny_reward_models(out_dir: str, dreamsim: bool = True) -> dict[str, s
     return paths
 
 
+def measure_cost(paths: dict[str, str], device: str = "cpu", batch: int = 8, px: int = 512, arch: bool = False,
+                 repeats: int = 3) -> dict[str, object]:
+    """Milliseconds per image of every reward head and feature net through the real loaders on the tiny models
+    (batch images of px x px; bf16 on CUDA, fp32 on the CPU), and with arch=True of the real architectures with
+    random weights (compute only: ViT-H/14 of PickScore/HPSv2.1, CLIP ViT-L/14 of CLIPScore/aesthetic/clip,
+    DINOv2-base, one DreamSim ViT-B/16 tower). Text encoders are timed per distinct prompt (they run once per
+    prompt thanks to the cache)."""
+    import time
+
+    from . import features as feat
+    from . import rewards as rw
+
+    dt = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    res: dict[str, object] = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                              "batch": batch, "px": px, "dtype": str(dt).replace("torch.", ""),
+                              "threads": torch.get_num_threads()}
+
+    def ms(fn, per=batch):
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return round((time.perf_counter() - t) / repeats / per * 1000, 3)
+
+    x = torch.rand(batch, 3, px, px, generator=torch.Generator().manual_seed(0)).to(device)
+    prompts = [f"a photo of object number {i // 8}" for i in range(batch)]
+    with torch.no_grad():
+        for n in sorted(rw.REWARDS):
+            r = rw.load_reward(n, paths.get(n), device, dt)
+            res[f"tiny/{n}"] = ms(lambda: r(x, prompts))
+        for n in sorted(feat.FEATURES):
+            if n in paths:
+                f = feat.load_features(n, paths[n], device, dt, batch_size=batch)
+                res[f"tiny/feature_{n}"] = ms(lambda: f.embed(x))
+        res["preprocess/clip_224"] = ms(lambda: rw.clip_preprocess(x))
+        if arch:
+            import open_clip
+            from dreamsim.feature_extraction.vision_transformer import vit_base
+            from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
+
+            with torch.device(device):
+                h14 = open_clip.create_model("ViT-H-14", pretrained=None, device=device).to(dt).eval()
+            res["arch/ViT-H-14_image"] = ms(lambda: h14.encode_image(rw.clip_preprocess(x).to(dt)))
+            tok = open_clip.get_tokenizer("ViT-H-14")(prompts).to(device)
+            res["arch/ViT-H-14_text_per_prompt"] = ms(lambda: h14.encode_text(tok))
+            del h14
+            with torch.device(device):
+                l14 = CLIPModel(CLIPConfig(
+                    text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+                    vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                                       num_hidden_layers=24, patch_size=14, image_size=224),
+                    projection_dim=768)).to(dt).eval()
+            clip = rw.HFClip(l14, None, 224, 224, rw.CLIP_MEAN, rw.CLIP_STD)
+            res["arch/CLIP-L14_image"] = ms(lambda: clip.image_embeds(x))
+            del l14, clip
+            with torch.device(device):
+                dino = Dinov2Model(Dinov2Config()).to(dt).eval()  # the default config is DINOv2-base
+            res["arch/DINOv2-base_image"] = ms(lambda: dino(
+                pixel_values=rw.normalize(feat.resize_center(x, 224), rw.IMAGENET_MEAN, rw.IMAGENET_STD).to(dt)))
+            del dino
+            with torch.device(device):
+                vit = vit_base(patch_size=16).eval()
+            ctx = torch.autocast("cuda", dtype=dt) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+            with ctx:
+                res["arch/DreamSim_ViT-B16_tower_image"] = ms(lambda: vit(feat.resize_center(x, 224)))
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Write tiny random reward/feature models (offline).")
+    ap = argparse.ArgumentParser(description="Write tiny random reward/feature models (offline); optionally time them.")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-dreamsim", action="store_true")
+    ap.add_argument("--bench", metavar="DEVICE", help="then print ms/image of every head and feature net on DEVICE")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--arch", action="store_true", help="with --bench: also the real architectures (random weights)")
     args = ap.parse_args(argv)
-    print(json.dumps(build_tiny_reward_models(args.out, dreamsim=not args.no_dreamsim), indent=1))
+    paths = build_tiny_reward_models(args.out, dreamsim=not args.no_dreamsim)
+    print(json.dumps(paths, indent=1))
+    if args.bench:
+        print(json.dumps(measure_cost(paths, args.bench, args.batch, arch=args.arch)))
 
 
 if __name__ == "__main__":
