@@ -210,15 +210,16 @@ def test_jpeg_compressibility_analytic():
     buf = io.BytesIO()
     Image.fromarray(rw.quantize_uint8(noise)[0].numpy()).save(buf, format="JPEG", quality=95)
     assert math.isclose(float(v[1]), -buf.tell() / 1000, rel_tol=1e-6)
-    assert rw.quantize_uint8(torch.tensor([0.5, 1.2, -0.1, 1 / 255]).view(1, 1, 1, 4).expand(1, 3, 1, 4))[0, 0, :, 0].tolist() \
-        == [128, 255, 0, 1]
+    vals = torch.tensor([0.5, 1.2, -0.1, 1 / 255]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    assert rw.quantize_uint8(vals)[0, 0, :, 0].tolist() == [128, 255, 0, 1]
     big = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     assert r(big, [""])[0] < v[1]  # 4x the noise pixels -> a larger file
 
 
 # -- missing weights --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name, path, needles", [
-    ("pickscore", "/nonexistent/pickscore", ["pickscore", "/nonexistent/pickscore", "hf download yuvalkirstain/PickScore_v1"]),
+    ("pickscore", "/nonexistent/pickscore",
+     ["pickscore", "/nonexistent/pickscore", "hf download yuvalkirstain/PickScore_v1"]),
     ("clipscore", "/nonexistent/clip", ["clipscore", "/nonexistent/clip", "hf download openai/clip-vit-large-patch14"]),
     ("hpsv21", "/nonexistent/hps", ["hpsv21", "/nonexistent/hps", "hf download xswu/HPSv2 HPS_v2.1_compressed.pt"]),
     ("aesthetic", None, ["aesthetic", "wget", "sac+logos+ava1-l14-linearMSE.pth"]),

@@ -29,8 +29,9 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from .rewards import (CLIP_L14, IMAGENET_MEAN, IMAGENET_STD, RewardWeightsError, _BACKBONES, _cache_key, _check_batch,
-                      _norm_path, center_crop, load_hf_clip, normalize, resize_shortest_side)
+from .rewards import (CLIP_L14, HF_CLIP_L14_CMD, IMAGENET_MEAN, IMAGENET_STD, RewardWeightsError, _BACKBONES,
+                      _cache_key, _check_batch, _norm_path, center_crop, load_hf_clip, normalize,
+                      resize_shortest_side)
 
 FEATURES = {"dreamsim", "clip", "dino"}
 DINO_DEFAULT = "facebook/dinov2-base"
@@ -39,7 +40,8 @@ DEFAULT_PATHS = {"dreamsim": DREAMSIM_DEFAULT_DIR, "clip": CLIP_L14, "dino": DIN
 """Where each feature net is looked for when its path is None."""
 
 DREAMSIM_FILES = {
-    "ensemble": ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar", "clip_vitb16_pretrain.pth.tar", "ensemble_lora"),
+    "ensemble": ("dino_vitb16_pretrain.pth", "open_clip_vitb16_pretrain.pth.tar", "clip_vitb16_pretrain.pth.tar",
+                 "ensemble_lora"),
     "dino_vitb16": ("dino_vitb16_pretrain.pth", "dino_vitb16_single_lora"),
     "dinov2_vitb14": ("dinov2_vitb14_pretrain.pth", "dinov2_vitb14_single_lora"),
     "open_clip_vitb32": ("open_clip_vitb32_pretrain.pth.tar", "open_clip_vitb32_single_lora"),
@@ -103,7 +105,8 @@ def _load_dreamsim(path: str | None, device, dtype):
         raise RewardWeightsError(
             f"feature net 'dreamsim': no DreamSim checkpoint in {cache_dir!r} (need one of these file sets: "
             f"{ {k: list(v) for k, v in DREAMSIM_FILES.items()} }). How to obtain it, on a machine with internet: "
-            f"`python -c \"from dreamsim import dreamsim; dreamsim(pretrained=True, device='cpu', cache_dir='{cache_dir}')\"` "
+            "`python -c \"from dreamsim import dreamsim; "
+            f"dreamsim(pretrained=True, device='cpu', cache_dir='{cache_dir}')\"` "
             "(downloads the ensemble zip from github.com/ssundaram21/dreamsim releases and, for its DINO part, the "
             "torch.hub repo facebookresearch/dino into the same dir), then pass that dir as the dreamsim path")
     from dreamsim import dreamsim
@@ -128,8 +131,8 @@ def _load_dino(path: str | None, device, dtype):
     except (OSError, ValueError) as e:
         raise RewardWeightsError(
             f"feature net 'dino': could not load {src!r} ({type(e).__name__}: {e}). How to obtain it: "
-            f"`hf download {DINO_DEFAULT} --include '*.json' --include model.safetensors` on a machine with internet (same HF_HOME "
-            "at run time), or pass a folder saved with Dinov2Model.save_pretrained") from e
+            f"`hf download {DINO_DEFAULT} --include '*.json' --include model.safetensors` on a machine with internet "
+            "(same HF_HOME at run time), or pass a folder saved with Dinov2Model.save_pretrained") from e
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     _BACKBONES[key] = model
     return model
@@ -147,8 +150,8 @@ def load_features(name: str, path: str | None, device="cpu", dtype=torch.float32
         raise ValueError(f"load_features: image_size = {image_size}; must be None (native) or >= 14")
     device = torch.device(device)
     if name == "clip":
-        how = (f"`hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors` on a machine with internet "
-               "(same HF_HOME at run time), or pass a CLIPModel/CLIPProcessor save_pretrained folder")
+        how = (f"`{HF_CLIP_L14_CMD}` on a machine with internet (same HF_HOME at run time), "
+               "or pass a CLIPModel/CLIPProcessor save_pretrained folder")
         clip = load_hf_clip(path or CLIP_L14, None, device, dtype, f"feature net 'clip' (path {path!r})", how)
         size = int(image_size or clip.crop)
         return FeatureNet("clip", lambda x: clip.image_embeds(x, size=size), device, batch_size, size, clip)
@@ -164,7 +167,8 @@ def load_features(name: str, path: str | None, device="cpu", dtype=torch.float32
     model, _kind = _load_dreamsim(path, device, dtype)
     size = int(image_size or 224)
     autocast = dtype if (dtype != torch.float32 and device.type == "cuda") else None  # weights stay fp32
-    return FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, model, autocast)
+    return FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, model,
+                      autocast)
 
 
 __all__ = ["FEATURES", "DEFAULT_PATHS", "DREAMSIM_FILES", "FeatureNet", "load_features", "find_dreamsim_type",

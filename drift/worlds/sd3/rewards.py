@@ -55,6 +55,7 @@ HPS_REPO, HPS_FILE, HPS_ARCH = "xswu/HPSv2", "HPS_v2.1_compressed.pt", "ViT-H-14
 AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 AESTHETIC_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                  "sac%2Blogos%2Bava1-l14-linearMSE.pth")
+HF_CLIP_L14_CMD = f"hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors"
 PICKSCORE_DIVISOR = 26.0
 """Flow-GRPO divides PickScore by 26 so that it lies near [0, 1]; multiply by 26 for the papers' scale."""
 
@@ -76,7 +77,8 @@ def resize_shortest_side(images: torch.Tensor, size: int, mode: str = "bicubic")
         new_h, new_w = size, int(size * w / h)
     else:
         new_h, new_w = int(size * h / w), size
-    out = F.interpolate(images, size=(new_h, new_w), mode=mode, align_corners=False, antialias=mode in ("bilinear", "bicubic"))
+    out = F.interpolate(images, size=(new_h, new_w), mode=mode, align_corners=False,
+                        antialias=mode in ("bilinear", "bicubic"))
     return out.clamp(0, 1)
 
 
@@ -201,8 +203,8 @@ class HFClip:
 
     def text_embeds(self, prompts: list[str]) -> torch.Tensor:
         """Projected (unnormalised) text embeddings (B, D); prompts truncated to the model's 77 tokens."""
-        tok = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.model.config.text_config.max_position_embeddings,
-                             return_tensors="pt")
+        max_len = self.model.config.text_config.max_position_embeddings
+        tok = self.tokenizer(prompts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         out = self.model.text_model(input_ids=tok["input_ids"].to(self.device),
                                     attention_mask=tok["attention_mask"].to(self.device))
         return self.model.text_projection(out.pooler_output)
@@ -217,7 +219,9 @@ def _processor_geometry(ip) -> tuple[int, int, tuple, tuple]:
             return obj.get(key)
         return getattr(obj, key, None)
 
-    size = ip.size if isinstance(ip.size, (int, type(None))) else (get(ip.size, "shortest_edge") or get(ip.size, "height"))
+    size = ip.size
+    if not isinstance(size, (int, type(None))):
+        size = get(size, "shortest_edge") or get(size, "height")
     crop = ip.crop_size if isinstance(ip.crop_size, (int, type(None))) else get(ip.crop_size, "height")
     size = int(size or 224)
     return size, int(crop or size), tuple(ip.image_mean or CLIP_MEAN), tuple(ip.image_std or CLIP_STD)
@@ -254,8 +258,8 @@ def load_hf_clip(model_src: str, processor_src: str | None, device, dtype, what:
     try:
         proc = AutoProcessor.from_pretrained(processor_src)
     except (OSError, ValueError) as e:
-        raise RewardWeightsError(f"{what}: could not load the CLIP processor from {processor_src!r} ({type(e).__name__}: {e}). "
-                                 f"How to obtain it: {how}") from e
+        raise RewardWeightsError(f"{what}: could not load the CLIP processor from {processor_src!r} "
+                                 f"({type(e).__name__}: {e}). How to obtain it: {how}") from e
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     clip = HFClip(model, proc.tokenizer, *_processor_geometry(proc.image_processor))
     _BACKBONES[key] = clip
@@ -288,7 +292,8 @@ class PickScoreReward(RewardModel):
         super().__init__(device, dtype)
         model_src = path or PICKSCORE_MODEL
         proc_src = path if _has_processor(path) else PICKSCORE_PROCESSOR
-        how = (f"`hf download {PICKSCORE_MODEL}` and `hf download {PICKSCORE_PROCESSOR} --include '*.json' --include '*.txt'` "
+        how = (f"`hf download {PICKSCORE_MODEL}` and "
+               f"`hf download {PICKSCORE_PROCESSOR} --include '*.json' --include '*.txt'` "
                "(older hubs: `huggingface-cli download ...`) on a machine with internet, then run with the same HF_HOME, "
                "or pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained as the pickscore path")
         self.clip = load_hf_clip(model_src, proc_src, device, dtype, f"reward 'pickscore' (path {path!r})", how)
@@ -312,8 +317,8 @@ class CLIPScoreReward(RewardModel):
 
     def __init__(self, path: str | None, device="cpu", dtype=torch.float32):
         super().__init__(device, dtype)
-        how = (f"`hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors` on a machine with internet "
-               "(same HF_HOME at run time), or pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained")
+        how = (f"`{HF_CLIP_L14_CMD}` on a machine with internet (same HF_HOME at run time), "
+               "or pass a folder saved with CLIPModel/CLIPProcessor.save_pretrained")
         self.clip = load_hf_clip(path or CLIP_L14, None, device, dtype, f"reward 'clipscore' (path {path!r})", how)
 
     def score(self, images, prompts):
@@ -379,7 +384,7 @@ class AestheticReward(RewardModel):
     def __init__(self, path: str | None, device="cpu", dtype=torch.float32):
         super().__init__(device, dtype)
         how = (f"`wget -O {AESTHETIC_FILE} '{AESTHETIC_URL}'` into a folder and pass the folder (or the file) as the "
-               f"aesthetic path; the CLIP backbone: `hf download {CLIP_L14} --include '*.json' --include '*.txt' --include model.safetensors`")
+               f"aesthetic path; the CLIP backbone: `{HF_CLIP_L14_CMD}`")
         what = f"reward 'aesthetic' (path {path!r})"
         if path is None:
             raise RewardWeightsError(f"{what}: the aesthetic MLP has no default location. How to obtain it: {how}")
@@ -390,8 +395,8 @@ class AestheticReward(RewardModel):
         else:
             mlp_file, clip_src = (p if os.path.isfile(p) else None), CLIP_L14
         if mlp_file is None:
-            raise RewardWeightsError(f"{what}: no MLP weights found (looked for {p!r} or {list(self.mlp_files)} inside it). "
-                                     f"How to obtain them: {how}")
+            raise RewardWeightsError(f"{what}: no MLP weights found (looked for {p!r} or {list(self.mlp_files)} "
+                                     f"inside it). How to obtain them: {how}")
         sd = load_state_dict_file(mlp_file)
         self.mlp = AestheticMLP(sd["layers.0.weight"].shape[1])
         self.mlp.load_state_dict(sd)
@@ -432,7 +437,8 @@ class HPSv21Reward(RewardModel):
     ({"model_cfg": ..., "preprocess_cfg": ...}, the hub layout of open_clip models) that replaces ViT-H-14."""
 
     name = "hpsv21"
-    weight_files = ("HPS_v2.1_compressed.safetensors", HPS_FILE, "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    weight_files = ("HPS_v2.1_compressed.safetensors", HPS_FILE, "open_clip_model.safetensors",
+                    "open_clip_pytorch_model.bin")
 
     def __init__(self, path: str | None, device="cpu", dtype=torch.float32):
         super().__init__(device, dtype)
@@ -448,8 +454,8 @@ class HPSv21Reward(RewardModel):
 
                 file = hf_hub_download(HPS_REPO, HPS_FILE)
             except Exception as e:  # offline and not cached, or no network: same remedy
-                raise RewardWeightsError(f"{what}: {HPS_REPO}/{HPS_FILE} is not in the HF cache ({type(e).__name__}: {e}). "
-                                         f"How to obtain it: {how}") from e
+                raise RewardWeightsError(f"{what}: {HPS_REPO}/{HPS_FILE} is not in the HF cache "
+                                         f"({type(e).__name__}: {e}). How to obtain it: {how}") from e
         else:
             p = os.path.expanduser(path)
             if os.path.isdir(p):
@@ -459,8 +465,8 @@ class HPSv21Reward(RewardModel):
             else:
                 file = p if os.path.isfile(p) else None
             if file is None:
-                raise RewardWeightsError(f"{what}: no weights at {p!r} (looked for {list(self.weight_files)} in a folder). "
-                                         f"How to obtain them: {how}")
+                raise RewardWeightsError(f"{what}: no weights at {p!r} (looked for {list(self.weight_files)} in a "
+                                         f"folder). How to obtain them: {how}")
         with _drop_root_log_records("no CLIP weights found", "initialized randomly"):  # we load them just below
             model = open_clip.create_model(arch, pretrained=None, load_weights=False, device="cpu")
         open_clip.load_checkpoint(model, file, strict=True, weights_only=True)

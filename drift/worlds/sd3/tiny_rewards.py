@@ -118,7 +118,8 @@ def _save_tiny_dino(out: str, seed: int) -> str:
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14, image_size=224)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14,
+                       image_size=224)
     Dinov2Model(cfg).eval().save_pretrained(out)
     return out
 
@@ -159,7 +160,8 @@ def _save_tiny_dreamsim(out: str, seed: int) -> str:
     torch.save({"state_dict": state}, os.path.join(out, f"{DREAMSIM_TYPE}_pretrain.pth.tar"))
     del vit, state
     # the LoRA adapter, saved by peft exactly as dreamsim loads it; lora_B made non-zero so it is not a no-op
-    model = PerceptualModel(**dreamsim_args["model_config"][DREAMSIM_TYPE], device="cpu", load_dir=out, normalize_embeds=True)
+    model = PerceptualModel(**dreamsim_args["model_config"][DREAMSIM_TYPE], device="cpu", load_dir=out,
+                            normalize_embeds=True)
     model = get_peft_model(model, LoraConfig(**DREAMSIM_LORA))
     g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
@@ -244,7 +246,8 @@ def measure_cost(paths: dict[str, str], device: str = "cpu", batch: int = 8, px:
             del h14
             with torch.device(device):
                 l14 = CLIPModel(CLIPConfig(
-                    text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12),
+                    text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                     num_hidden_layers=12),
                     vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
                                        num_hidden_layers=24, patch_size=14, image_size=224),
                     projection_dim=768)).to(dt).eval()
