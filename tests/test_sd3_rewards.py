@@ -233,6 +233,15 @@ def test_missing_weights_message(name, path, needles):
         assert n in str(e.value), (n, str(e.value))
 
 
+def test_pickscore_folder_without_processor_falls_back_to_the_laion_processor(tiny, tmp_path):
+    import shutil
+
+    for f in ("config.json", "model.safetensors"):  # a model-only folder
+        shutil.copy(os.path.join(tiny["pickscore"], f), tmp_path / f)
+    with pytest.raises(rw.RewardWeightsError, match="CLIP processor from 'laion/CLIP-ViT-H-14-laion2B-s32B-b79K'"):
+        rw.load_reward("pickscore", str(tmp_path))  # offline: the hub processor is not cached here
+
+
 def test_missing_feature_weights_message(tmp_path):
     with pytest.raises(rw.RewardWeightsError) as e:
         feat.load_features("dreamsim", str(tmp_path))
