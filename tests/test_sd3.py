@@ -16,6 +16,7 @@ from drift.prompts import PromptFileError, hash_split, load_prompt_splits, read_
 
 METHODS = ("flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE = os.environ.get("DRIFT_TEST_DEVICE", "cpu")  # the GPU check sets cuda
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def items(models, out, *extra, tracking="none"):
         "model.world=sd3", f"model.path={models['sd3']}", "model.lora_rank=4", "model.lora_alpha=8",
         "model.features=clip", f"sd3.features_path={models['clip']}", f"sd3.pickscore_path={models['pickscore']}",
         f"sd3.hpsv21_path={models['hpsv21']}", f"sd3.clipscore_path={models['clipscore']}",
-        f"sd3.aesthetic_path={models['aesthetic']}", "sd3.device=cpu", "sd3.dtype=fp32", "sd3.resolution=64",
+        f"sd3.aesthetic_path={models['aesthetic']}", f"sd3.device={DEVICE}", "sd3.dtype=fp32", "sd3.resolution=64",
         "sd3.text_cache_size=8", "sample.num_steps=3", "sample.shift=3", "sample.cfg=4.5", "sample.groups_per_iter=2",
         "sample.group_size=2", "train.iterations=2", "train.ema_every=1", "eval.num_prompts=2", "eval.seeds=2",
         "eval.num_steps=3", "eval.every=1", "eval.grid_prompts=2", "checkpoint_every=1", f"out={out}",

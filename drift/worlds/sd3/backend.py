@@ -51,12 +51,15 @@ class SD3WeightsError(FileNotFoundError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> the current CUDA device if CUDA is available, else the CPU; otherwise torch.device(name)."""
+    """'auto' -> the current CUDA device if CUDA is available, else the CPU; 'cuda' -> the current CUDA device
+    (with its index); otherwise torch.device(name)."""
     if name == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"sd3.device={name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    if dev.type == "cuda" and dev.index is None:  # 'cuda' = this process's current device (multi-process: its rank's)
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
