@@ -127,10 +127,10 @@ def test_multireward_weighted_sum_equals_manual_sum(tiny, images):
     w = {"pickscore": 0.7, "hpsv21": -1.3, "jpeg": 0.01, "aesthetic": 0.0, "clipscore": 1 / 30}
     out = rw.MultiReward(w, tiny, batch_size=3)(images, PROMPTS)
     assert set(out) == {"reward", *w}
-    manual = sum(wt * rw.load_reward(n, tiny.get(n))(images, PROMPTS) for n, wt in w.items())
-    torch.testing.assert_close(out["reward"], manual, atol=1e-5, rtol=1e-5)
+    single = {n: rw.load_reward(n, tiny.get(n))(images, PROMPTS) for n in w}
+    torch.testing.assert_close(out["reward"], sum(wt * single[n] for n, wt in w.items()), atol=1e-5, rtol=1e-5)
     for n in w:
-        torch.testing.assert_close(out[n], rw.load_reward(n, tiny.get(n))(images, PROMPTS), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[n], single[n], atol=1e-5, rtol=1e-5)
 
 
 def test_multireward_validation(tiny):
