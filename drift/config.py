@@ -253,7 +253,8 @@ class SD3Config:
     clipscore_path: str = ""
     """CLIPScore's CLIP model: hub id or folder ('' = openai/clip-vit-large-patch14)."""
     aesthetic_path: str = ""
-    """Aesthetic predictor: folder with the CLIP-L model and sac+logos+ava1-l14-linearMSE.pth ('' = defaults)."""
+    """Aesthetic predictor: folder (or file) with sac+logos+ava1-l14-linearMSE.pth, optionally with a CLIP-L
+    save_pretrained folder's files (else openai/clip-vit-large-patch14); required when the head is used."""
     reward_batch_size: int = 32
     """Images per forward of each reward model."""
     reward_dtype: str = "fp32"

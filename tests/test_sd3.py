@@ -258,6 +258,9 @@ def test_missing_weights_say_how_to_get_them(models, tmp_path):
     cfg = make_config({**items(models, tmp_path), "sd3.pickscore_path": str(tmp_path / "nope")})
     with pytest.raises(ConfigError, match=r"sd3.pickscore_path=.*no such file"):
         check_available(cfg)
+    cfg = make_config({**items(models, tmp_path), "sd3.aesthetic_path": "", "sd3.eval_rewards": "aesthetic"})
+    with pytest.raises(ConfigError, match=r"sd3.aesthetic_path='': .*no default location"):
+        check_available(cfg)
     from drift.worlds.sd3.rewards import RewardWeightsError
 
     with pytest.raises(RewardWeightsError):  # a reward folder without weights: the rewards module's own error

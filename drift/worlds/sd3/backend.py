@@ -65,10 +65,11 @@ def resolve_device(name: str) -> torch.device:
 
 def how_to_get(path: str) -> str:
     """Instructions for obtaining an SD3 pipeline (named in every loading error)."""
-    inc = " ".join(f"'{c}'" for c in COMPONENTS)
+    inc = " ".join(f"--include '{c}'" for c in COMPONENTS)
     return (f"For the default {SD35_MEDIUM} (a gated model): accept its licence at https://huggingface.co/{SD35_MEDIUM}, "
-            f"run `huggingface-cli login`, then `huggingface-cli download {SD35_MEDIUM} --include {inc}` with the same "
-            "HF_HOME as at run time (runs set HF_HUB_OFFLINE=1). Or set model.path to a local folder in diffusers "
+            f"run `hf auth login`, then `hf download {SD35_MEDIUM} {inc}` (huggingface-cli login / huggingface-cli "
+            "download on huggingface_hub < 0.34) with the same HF_HOME as at run time (runs set HF_HUB_OFFLINE=1). "
+            "Or set model.path to a local folder in diffusers "
             "format (model_index.json + one subfolder per component, e.g. written by "
             "StableDiffusion3Pipeline.save_pretrained or `python -m drift.worlds.sd3.tiny DIR` for a random test model).")
 
@@ -135,6 +136,9 @@ class SD3World:
             p = getattr(s, field_name)
             if p and _looks_local(p) and not os.path.exists(os.path.expanduser(p)):
                 raise ConfigError(f"sd3.{field_name}={p!r}: no such file or folder")
+        if (s.w_aesthetic or "aesthetic" in s.eval_rewards) and not s.aesthetic_path:
+            raise ConfigError("sd3.aesthetic_path='': the aesthetic predictor's MLP has no default location; download "
+                              "sac+logos+ava1-l14-linearMSE.pth (docs/rewards.md) and set sd3.aesthetic_path to its folder")
 
     def __init__(self, cfg: RunConfig):
         m, s = cfg.model, cfg.sd3
@@ -189,6 +193,10 @@ class SD3World:
         rdtype = TORCH_DTYPES[s.reward_dtype]
         self._reward = MultiReward(s.reward_weights(), s.reward_paths(), self.device, rdtype, s.reward_batch_size)
         self._reward_paths, self._reward_dtype = s.reward_paths(), rdtype
+        from .rewards import load_reward
+
+        self._monitors = {n: load_reward(n, None if n == "jpeg" else self._reward_paths.get(n), self.device, rdtype)
+                          for n in s.eval_rewards}  # loaded now: missing weights fail at start-up, not at the first eval
         self.features = load_features(m.features, s.features_path or None, self.device, torch.float32,
                                       s.features_batch_size, s.features_image_size or None)
 
@@ -290,16 +298,10 @@ class SD3World:
 
     def eval_extras(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
         """Monitor rewards (sd3.eval_rewards) of the (P, S, 3, H, W) eval images: monitor/<name> = mean."""
-        if not self.cfg.eval_rewards:
-            return {}
-        from .rewards import load_reward
-
         flat = images.flatten(0, 1)
         texts = [self.prompt_text(p) for p in prompts for _ in range(images.shape[1])]
         out = {}
-        for name in self.cfg.eval_rewards:
-            model = load_reward(name, None if name == "jpeg" else self._reward_paths.get(name), self.device,
-                                self._reward_dtype)
+        for name, model in self._monitors.items():
             bs = self.cfg.reward_batch_size
             vals = torch.cat([model(flat[i : i + bs], texts[i : i + bs]) for i in range(0, len(texts), bs)])
             out[f"monitor/{name}"] = float(vals.float().mean())
