@@ -12,7 +12,8 @@ One process, one run:
 2. Bare compute, in the same process on a second copy of the world (same model, same shapes),
    measured once between every two iterations (the run's fault hook calls it; its time is taken out of
    the iteration's wall time), so both see the same machine load: the generator forwards of
-   sampling (T steps of the CFG-doubled batch, no grad), the forward + backward passes of training
+   sampling (T steps of the CFG-doubled batch, no grad), the decoder (VAE; identity-like for shapes),
+   the forward + backward passes of training
    (``n_train`` trained steps, per micro-batch), the reference forwards when the method needs them, the
    reward forward on every sample and the feature forward on the kept ones (plus per-step features when
    the method needs them). Nothing else: no SDE math, no log-probs, no advantages, no logging.
@@ -136,8 +137,9 @@ class BareCompute:
         self.sigma = torch.tensor(0.5, device=dev)
         self.params = list(world.trainable_parameters().values())
         self.images = world.decode(torch.randn(P * K, *world.latent_shape, generator=g).to(dev)).clamp(0, 1)
-        self.parts = {"sample": self.sampling, "train": self.training, "reference": self.reference,
-                      "reward": self.reward, "features": self.features}
+        self.latents = torch.randn(P * K, *world.latent_shape, generator=g).to(dev)
+        self.parts = {"sample": self.sampling, "decode": self.decoding, "train": self.training,
+                      "reference": self.reference, "reward": self.reward, "features": self.features}
         self.shapes = {"sample_batch": P * K * mult, "train_batch": min(mb, B) * mult, "denoise_steps": T,
                        "trained_steps": self.n_train, "micro_batches": self.n_mb,
                        "reference": hooks.needs_reference, "step_features": hooks.needs_step_features}
@@ -148,6 +150,10 @@ class BareCompute:
         with torch.no_grad():
             for _ in range(self.T):
                 self.world.velocity(self.x_s, self.sigma, self.both)
+
+    def decoding(self):
+        with torch.no_grad():
+            self.world.decode(self.latents)
 
     def training(self):
         for _ in range(self.n_train * self.n_mb):
@@ -188,7 +194,7 @@ class BareCompute:
 
     def summary(self) -> dict:
         out = {k: _median([r[k] for r in self.reps]) for k in self.parts}
-        out["generator"] = out["sample"] + out["train"] + out["reference"]
+        out["generator"] = out["sample"] + out["decode"] + out["train"] + out["reference"]
         out["total"] = out["generator"] + out["reward"] + out["features"]
         out["repetitions"] = len(self.reps)
         out["shapes"] = self.shapes
@@ -280,7 +286,8 @@ def format_result(r: dict) -> str:
               f"evaluation (each): {r['evaluation_seconds']:.3f} s   checkpoint (each): {r['checkpoint_seconds']:.4f} s",
               f"sampling: {r['images_per_second_sampling']:.1f} images/s   training: "
               f"{r['trajectories_per_second_training']:.1f} trajectories/s",
-              f"bare compute per iteration: {bare['total']:.4f} s (generator sample {bare['sample']:.4f} + train "
+              f"bare compute per iteration: {bare['total']:.4f} s (generator sample {bare['sample']:.4f} + decode "
+              f"{bare['decode']:.4f} + train "
               f"{bare['train']:.4f} + reference {bare['reference']:.4f}; reward {bare['reward']:.4f}; "
               f"features {bare['features']:.4f})",
               f"overhead ratio: {r['overhead_ratio']:.3f} (wall / all model passes)   "

@@ -85,12 +85,16 @@ def _py_state_from_json(s) -> tuple:
 
 
 class Stopwatch:
-    """Wall-clock laps for the ``sys/*_seconds`` metrics (perf_counter; no device sync)."""
+    """Wall-clock laps for the ``sys/*_seconds`` metrics. On CUDA each lap waits for the queued kernels
+    (a few synchronisations per iteration), so each phase is charged with its own GPU work."""
 
     def __init__(self):
+        self.cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         self.t = time.perf_counter()
 
     def lap(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
         now = time.perf_counter()
         d, self.t = now - self.t, now
         return d
@@ -156,14 +160,29 @@ def _rank_reduction(key: str) -> str | None:
     return None
 
 
-def _code_changes(old: dict | None, new: dict, run_dir: str, allow: bool) -> list[str]:
-    """The code-version change between a checkpoint and the code running now, as a one-line diff
-    naming the changed files; ConfigError unless ``allow`` (--allow-resume-with-changes)."""
-    if not old or old.get("code_hash") == new["code_hash"]:
+def code_files() -> dict[str, str]:
+    """{relative path: sha256} of every drift/ and baselines/ source file this process has imported:
+    the code a run's checkpoint records and a resume must match (edits to modules the run never
+    imports, e.g. another world's backend, do not count)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    for m in list(sys.modules.values()):
+        f = getattr(m, "__file__", None) or ""
+        rel = os.path.relpath(f, root) if f.endswith(".py") else ""
+        if rel.split(os.sep)[0] in ("drift", "baselines"):
+            out[rel] = sha256_file(f)
+    return dict(sorted(out.items()))
+
+
+def _code_changes(recorded: dict | None, run_dir: str, allow: bool) -> list[str]:
+    """The source files that differ from the checkpoint's record (``code_files()`` at save time), as a
+    one-line diff; ConfigError unless ``allow`` (--allow-resume-with-changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    changed = [rel for rel, sha in (recorded or {}).items()
+               if not os.path.exists(os.path.join(root, rel)) or sha256_file(os.path.join(root, rel)) != sha]
+    if not changed:
         return []
-    a, b = old.get("files", {}), new["files"]
-    files = sorted(p for p in set(a) | set(b) if a.get(p) != b.get(p))
-    change = f"code: {old['code_hash']} -> {new['code_hash']} (changed: {', '.join(files[:20]) or '?'})"
+    change = f"code: changed since the checkpoint: {', '.join(changed[:20])}"
     if not allow:
         raise ConfigError(f"the checkpoint in {run_dir} was written by different code:\n  {change}\nuse "
                           "--allow-resume-with-changes (sweeps: --code-policy warn) to resume anyway (recorded as an MLflow tag)")
@@ -212,9 +231,6 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     dist.on_main(lambda: print(bp.describe(), flush=True))
 
     # ---- resume -------------------------------------------------------------------------------
-    from .launch import code_state
-
-    code = code_state()  # recorded in every checkpoint; a resume under other code is refused unless allowed
     start, opt_step, skips_in_row, pending_row = 0, 0, 0, None
     ckpt = load_latest(run_dir)
     if ckpt is not None:
@@ -239,7 +255,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         random.setstate(_py_state_from_json(py_states[r]))
         opt_step, skips_in_row = st["opt_step"], st["skips_in_row"]
         pending_row = st.get("row")
-        changes = changes + _code_changes(st.get("code"), code, run_dir, allow_changes)
+        changes = changes + _code_changes(st.get("code"), run_dir, allow_changes)  # the code the run used
         if ema:
             ema.updates = st["ema_updates"]
         print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
@@ -284,7 +300,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                  "optim_param_groups": sd["param_groups"], "prompt_rng": _py_state_to_json(prompt_rng.getstate()),
                  "py_rng": py_states[0], "py_rng_ranks": py_states, "world_size": dist.world_size(),
                  "ema_updates": ema.updates if ema else 0,
-                 "mlflow_run_id": tracker.run_id, "row": row, "config_hash": cfg.science_hash(), "code": code}
+                 "mlflow_run_id": tracker.run_id, "row": row, "config_hash": cfg.science_hash(),
+                 "code": code_files()}
         fault("checkpoint", step)
         dist.on_main(lambda: save_checkpoint(run_dir, step, tensors, state))
 
