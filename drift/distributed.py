@@ -29,6 +29,7 @@ import torch.distributed as tdist
 from .config import ConfigError
 
 TIMEOUT_ENV = "DRIFT_DIST_TIMEOUT_MIN"  # collective timeout (minutes); default 60
+BACKEND_ENV = "DRIFT_DIST_BACKEND"  # 'nccl' or 'gloo'; default: nccl when CUDA is available, else gloo
 
 
 # ------------------------------------------------------------------------------------------------
@@ -40,12 +41,13 @@ def env_world_size() -> int:
 
 
 def export_slurm_env() -> bool:
-    """Inside a multi-task Slurm job (one task per rank, e.g. submitit with tasks_per_node > 1) and
+    """Inside a multi-task submitit Slurm job (one task per rank: the profile's tasks_per_node > 1) and
     not under torchrun/accelerate: export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR (the job's first
     node) and MASTER_PORT (derived from the job id) via submitit's ``TorchDistributedEnvironment``.
     Returns whether it exported anything. CUDA_VISIBLE_DEVICES is left alone: ``init`` picks the GPU.
     """
-    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
+    if ("WORLD_SIZE" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm"
+            or int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1):
         return False
     from submitit.helpers import TorchDistributedEnvironment
 
@@ -56,14 +58,17 @@ def export_slurm_env() -> bool:
 def init() -> int:
     """Join the process group named by the environment (idempotent); returns the world size.
 
-    Backend: NCCL when CUDA is available (and the process's GPU becomes LOCAL_RANK modulo the
-    visible GPUs), else gloo. The collective timeout is $DRIFT_DIST_TIMEOUT_MIN minutes (default 60).
+    Backend: $DRIFT_DIST_BACKEND if set, else NCCL when CUDA is available, else gloo. With CUDA the
+    process's GPU becomes LOCAL_RANK modulo the visible GPUs (one GPU per task also works). The
+    collective timeout is $DRIFT_DIST_TIMEOUT_MIN minutes (default 60).
     """
     n = env_world_size()
     if n <= 1 or tdist.is_initialized():
         return world_size()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"${BACKEND_ENV}={backend!r}: must be 'nccl' or 'gloo'")
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     timeout = datetime.timedelta(minutes=float(os.environ.get(TIMEOUT_ENV, "60")))
     tdist.init_process_group(backend=backend, init_method="env://", timeout=timeout)

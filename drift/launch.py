@@ -263,9 +263,14 @@ class RunJob:
         self.lock_wait_s = lock_wait_s
 
     def __call__(self) -> dict:
+        from . import distributed as dist
         from .config import make_config
         from .train import train
 
+        # A run over several processes (Slurm profile tasks_per_node > 1, or torchrun): every task calls
+        # this; rank 0 holds the lock and writes launch.jsonl, train() does the rest (docs/distributed.md).
+        dist.export_slurm_env()
+        dist.init()
         cfg = make_config(self.overrides)
         run_dir = cfg.run_dir()
         if is_done(run_dir):
@@ -273,17 +278,25 @@ class RunJob:
         check_code(self.code, self.code_policy)
         os.makedirs(run_dir, exist_ok=True)
         lock = RunLock(run_dir, self.lock_wait_s)
-        try:
-            lock.acquire()
-        except RunLocked as e:  # the point runs elsewhere: not an error of this job
-            print(f"[launch] not started: {e}", flush=True)
-            return {"status": "locked", "run_dir": run_dir, "ran": False, "detail": str(e)}
+
+        def take_lock() -> str | None:
+            try:
+                lock.acquire()
+            except RunLocked as e:
+                return str(e)
+            return None
+
+        held_elsewhere = dist.on_main(take_lock, share=True)  # rank 0 holds it for all ranks
+        if held_elsewhere:  # the point runs elsewhere: not an error of this job
+            print(f"[launch] not started: {held_elsewhere}", flush=True)
+            return {"status": "locked", "run_dir": run_dir, "ran": False, "detail": held_elsewhere}
         try:
             row = {"event": "start", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "job_id": job_id(),
                    "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)), "host": socket.gethostname(),
                    "pid": os.getpid(), "resume_from": committed_step(run_dir),
-                   "code_hash": (self.code or {}).get("code_hash"), "git_sha": (self.code or {}).get("git_sha")}
-            _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), row)
+                   "code_hash": (self.code or {}).get("code_hash"), "git_sha": (self.code or {}).get("git_sha"),
+                   "processes": dist.world_size()}
+            dist.on_main(lambda: _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), row))
             print(f"[launch] {row['job_id']} start (restart {row['restart_count']}, committed checkpoint: "
                   f"{row['resume_from']}) {run_dir}", flush=True)
             t = time.time()
@@ -292,11 +305,13 @@ class RunJob:
             except SystemExit:  # submitit's requeue exit: the run continues when the task restarts
                 raise
             except BaseException as e:  # a crash, "timed-out too many times", Ctrl-C: not left RUNNING
-                mark_mlflow_run(run_dir, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
-                                f"{type(e).__name__}: {e}")
+                if dist.is_main():  # (no collective here: the other ranks may be gone)
+                    mark_mlflow_run(run_dir, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
+                                    f"{type(e).__name__}: {e}")
                 raise
-            _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), {"event": "done", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                              "job_id": job_id(), "seconds": round(time.time() - t, 1)})
+            done = {"event": "done", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "job_id": job_id(),
+                    "seconds": round(time.time() - t, 1)}
+            dist.on_main(lambda: _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), done))
         finally:
             lock.release()
         print(f"[launch] done in {time.time() - t:.0f} s: {run_dir}", flush=True)

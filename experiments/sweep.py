@@ -55,6 +55,11 @@ class SlurmProfile:
     """Slurm partition (sbatch --partition)."""
     gpus_per_node: int = 0
     """GPUs per array task (0 = none)."""
+    tasks_per_node: int = 1
+    """Processes (ranks) per run, on one node: 1 = a run is one process; n > 1 = each run is data-parallel
+    over n processes (set gpus_per_node = n: one GPU per rank; cpus_per_task is per rank, mem_gb per node).
+    Every point's sample.groups_per_iter must be divisible by n (checked before submitting); results equal
+    a 1-process run up to float reduction order (docs/distributed.md)."""
     cpus_per_task: int = 1
     """CPUs per array task; also the run's torch threads."""
     mem_gb: float = 4.0
@@ -91,7 +96,7 @@ class SlurmProfile:
 
     def executor_params(self, job_name: str) -> dict:
         p = {"name": job_name, "timeout_min": int(self.timeout_min), "cpus_per_task": int(self.cpus_per_task),
-             "mem_gb": float(self.mem_gb), "tasks_per_node": 1, "nodes": 1,
+             "mem_gb": float(self.mem_gb), "tasks_per_node": int(self.tasks_per_node), "nodes": 1,
              "slurm_signal_delay_s": int(self.signal_delay_s), "slurm_array_parallelism": int(self.array_parallelism),
              "slurm_setup": list(self.setup)}
         if self.gpus_per_node:
@@ -461,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", default="local_ci", help="slurm/<name>.toml or a path (default: local_ci)")
     g.add_argument("--partition")
     g.add_argument("--gpus", type=int, dest="gpus_per_node", help="GPUs per task")
+    g.add_argument("--tasks-per-node", type=int, dest="tasks_per_node",
+                   help="processes (one per GPU) per run; > 1 trains each run data-parallel (docs/distributed.md)")
     g.add_argument("--cpus", type=int, dest="cpus_per_task", help="CPUs per task (= torch threads)")
     g.add_argument("--mem-gb", type=float, dest="mem_gb")
     g.add_argument("--time-min", type=int, dest="timeout_min", help="time limit per task, minutes")
@@ -497,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         prof = None
         if executor == "slurm":
             prof, prof_path = SlurmProfile.load(args.profile)
-            for k in ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "signal_delay_s",
+            for k in ("partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "signal_delay_s",
                       "max_num_timeout", "array_parallelism", "account", "qos"):
                 if getattr(args, k) is not None:
                     setattr(prof, k, getattr(args, k))
@@ -511,6 +518,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.tracking_uri:
             common["tracking_uri"] = args.tracking_uri
         points = expand(grid, world, extra, common)
+        if prof is not None and prof.tasks_per_node != 1:  # whole groups per rank, before anything is submitted
+            if prof.tasks_per_node < 1:
+                raise GridError(f"tasks_per_node={prof.tasks_per_node}: must be >= 1")
+            from drift.train import batch_plan
+
+            for p in points:
+                try:
+                    batch_plan(p.cfg, prof.tasks_per_node)
+                except ConfigError as e:
+                    raise GridError(f"point #{p.index} ({p.label()}) with tasks_per_node={prof.tasks_per_node}: "
+                                    f"{e}") from None
         try:
             only = {int(i) for i in args.only.split(",") if i.strip()}
         except ValueError:
