@@ -265,9 +265,13 @@ class SD3Config:
     """Images per forward of the feature net."""
     features_image_size: int = 0
     """Side the feature net sees (0 = its native size, 224); smaller is cheaper."""
+    schedule: str = "diffusers"
+    """Sigma schedule of sampling, training and evaluation: 'diffusers' (FlowMatchEulerDiscreteScheduler's
+    set_timesteps, as SD3 pipelines and Flow-GRPO; short last step) or 'linear' (the shapes world's)."""
 
     def __post_init__(self):
         self.eval_rewards = tuple(self.eval_rewards)
+        check(self.schedule in ("linear", "diffusers"), "sd3.schedule", self.schedule, "must be 'linear' or 'diffusers'")
         for n in ("dtype", "vae_dtype", "reward_dtype"):
             check(getattr(self, n) in DTYPES, f"sd3.{n}", getattr(self, n), f"must be one of {DTYPES}")
         check(self.device == "auto" or self.device == "cpu" or self.device.split(":")[0] == "cuda", "sd3.device",

@@ -13,7 +13,6 @@ import torch
 
 from .diversity import mean_pairwise_distance, vendi_score
 from .sampling import sample_trajectories
-from .sde import sigma_schedule
 
 EVAL_NOISE_SEED = 2026  # the same eval noise for every run, method and seed
 
@@ -30,7 +29,7 @@ def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: flo
     p, s = noise.shape[:2]
     texts = [world.prompt_text(pr) for pr in prompts for _ in range(s)]
     flat_noise = noise.flatten(0, 1)
-    sigmas = sigma_schedule(num_steps, shift)
+    sigmas = world.sigma_schedule(num_steps, shift)
     g = torch.Generator().manual_seed(0)  # unused at noise level 0
     images = []
     for i in range(0, len(texts), batch):

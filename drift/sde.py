@@ -16,14 +16,32 @@ from dataclasses import dataclass
 import torch
 
 
-def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Sigmas (num_steps + 1,) from 1 to 0: linear, then SD3's shift sigma' = s*sigma / (1 + (s-1)*sigma)."""
+SCHEDULES = ("linear", "diffusers")
+
+
+def sigma_schedule(num_steps: int, shift: float = 1.0, kind: str = "linear") -> torch.Tensor:
+    """Sigmas (num_steps + 1,) from 1 to 0, through SD3's shift sigma' = s*sigma / (1 + (s-1)*sigma).
+
+    linear:    sigma_i = shift(1 - i / N), i = 0..N (ends exactly at 0; this project's shapes world).
+    diffusers: what FlowMatchEulerDiscreteScheduler.set_timesteps(N) gives (SD3 pipelines, Flow-GRPO):
+               sigma_i = shift(1 - i (1 - m) / (N - 1)), i = 0..N-1, with m = shift(1/1000), then 0.
+               The last step (into 0) is then short (e.g. shift 3, N 10: ..., 0.278, 0.0089, 0).
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps}: must be >= 1")
     if shift <= 0:
         raise ValueError(f"shift={shift}: must be > 0")
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-    s = shift * s / (1 + (shift - 1) * s)
+    if kind not in SCHEDULES:
+        raise ValueError(f"kind={kind!r}: must be one of {SCHEDULES}")
+
+    def shifted(x):
+        return shift * x / (1 + (shift - 1) * x)
+
+    if kind == "linear":
+        s = shifted(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64))
+    else:
+        m = shifted(torch.tensor(1e-3, dtype=torch.float64))
+        s = torch.cat([shifted(torch.linspace(1.0, float(m), num_steps, dtype=torch.float64)), torch.zeros(1, dtype=torch.float64)])
     return s.float()
 
 

@@ -32,7 +32,7 @@ from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
 from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .sampling import guided_velocity, sample_trajectories
-from .sde import sde_step_with_logprob, sigma_schedule
+from .sde import sde_step_with_logprob
 from .tracking import Tracker
 from .viz import save_grid
 from .worlds import check_available, make_world
@@ -224,7 +224,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     train_prompts = world.train_prompts()
     eval_prompts = world.eval_prompts(cfg.eval.num_prompts)
     noise_eval = eval_noise(world, len(eval_prompts), cfg.eval.seeds)
-    sigmas = sigma_schedule(T, S.shift).to(world.device)
+    sigmas = world.sigma_schedule(T, S.shift).to(world.device)
     n_train = min(int(T * tc.timestep_fraction), T - 1)  # the last step (into sigma = 0) is never trained
     K = hooks.oversample * G
     Pl, grp, rows = bp.groups_per_rank, bp.group_rows(), bp.sample_rows()  # this rank's groups and samples
@@ -514,9 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[drift] run directory: {cfg.run_dir()}", flush=True)
+    dist.init()  # under torchrun / accelerate launch: one process per rank, rank 0 prints
+    if dist.is_main():
+        print(f"[drift] run directory: {cfg.run_dir()}", flush=True)
     final = train(cfg, progress=not quiet, allow_changes=allow)
-    print(json.dumps(final["final"], indent=1))
+    if dist.is_main():
+        print(json.dumps(final["final"], indent=1))
     return 0
 
 

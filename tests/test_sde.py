@@ -82,3 +82,19 @@ def test_kl_forms():
 def test_bad_sde_type():
     with pytest.raises(ValueError, match="sde_type"):
         sde_step_with_logprob(torch.zeros(1, 1), torch.zeros(1, 1), 0.5, 0.4, 0.7, 0.9, sde_type="ddim")
+
+
+@pytest.mark.parametrize("n,shift", [(10, 3.0), (40, 3.0), (4, 1.0)])
+def test_diffusers_schedule_matches_the_scheduler(n, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sch = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sch.set_timesteps(n)
+    assert sigma_schedule(n, shift, "diffusers").tolist() == pytest.approx(sch.sigmas.tolist(), abs=1e-6)
+    if shift == 3.0 and n == 10:  # the short last step SD3 pipelines take
+        assert sigma_schedule(n, shift, "diffusers")[-2] == pytest.approx(0.0089, abs=1e-4)
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="kind='cosine'"):
+        sigma_schedule(4, 1.0, "cosine")

@@ -3,7 +3,7 @@
 Every world object offers: ``train_prompts()``, ``eval_prompts(n)``, ``prompt_text(p)``,
 ``paraphrase`` (or None), ``encode(texts) -> Cond``, ``velocity(x, sigma, cond)``, ``reference()``
 (context manager: the reference policy), ``trainable_parameters()``, ``decode(x) -> images in [0, 1]``,
-``latent_shape``, ``reward(images, prompts) -> {'reward': (B,), other heads}``, ``features.embed``,
+``latent_shape``, ``sigma_schedule(num_steps, shift)``, ``reward(images, prompts) -> {'reward': (B,), other heads}``, ``features.embed``,
 ``eval_extras(images (P, S, ...), prompts) -> metrics``, ``transformer`` (the trained module) and
 ``device`` (where latents, conditioning and velocities live; the engine draws noise on the CPU and moves it
 there). Decoded images, rewards and features are CPU tensors.

@@ -37,6 +37,7 @@ import torch
 
 from ...config import ConfigError, RunConfig
 from ...methods import Cond
+from ...sde import sigma_schedule
 from ...prompts import load_prompt_splits
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -269,6 +270,10 @@ class SD3World:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
+    def sigma_schedule(self, num_steps: int, shift: float) -> torch.Tensor:
+        """sd3.schedule: 'diffusers' (the pipeline scheduler's sigmas, as Flow-GRPO samples) or 'linear'."""
+        return sigma_schedule(num_steps, shift, self.cfg.schedule)
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) -> images (B, 3, 8h, 8w) in [0, 1], float32 on the CPU (VAE in sd3.vae_dtype)."""
         vc = self.vae.config

@@ -13,6 +13,7 @@ import math
 import torch
 
 from ...methods import Cond
+from ...sde import sigma_schedule
 from . import world
 from .features import load_features
 from .model import load_pretrained
@@ -119,6 +120,11 @@ class ShapesWorld:
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
+
+    @staticmethod
+    def sigma_schedule(num_steps: int, shift: float) -> torch.Tensor:
+        """The linear schedule (drift/sde.py), as the base model was trained and sampled with."""
+        return sigma_schedule(num_steps, shift, "linear")
 
     @staticmethod
     def decode(x: torch.Tensor) -> torch.Tensor:
