@@ -2,7 +2,7 @@
 
     python experiments/sweep.py --grid pareto --dry-run    # validate every point, print them; submit nothing
     python experiments/sweep.py --grid smoke               # run what is missing (Slurm if there is one, else local)
-    python experiments/sweep.py --grid pareto --executor slurm --profile example_gpu --world sd3
+    python experiments/sweep.py --grid pareto_sd3 --executor slurm --profile sd3_1gpu
     python experiments/sweep.py --list                     # the grids (experiments/grids/<name>.py)
 
 Every point is one run (drift.launch.RunJob) in a deterministic directory
@@ -539,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         uri = points[0].cfg.resolved_tracking_uri()
         for p in points:  # pin the resolved URI so array tasks do not depend on their environment
             p.overrides["tracking_uri"] = uri
+        if not args.dry_run:  # a world without a backend, missing model files: before anything is written
+            from drift.worlds import check_available
+
+            for p in points:
+                try:
+                    check_available(p.cfg)
+                except (ConfigError, NotImplementedError) as e:
+                    raise GridError(f"grid {grid.name!r} point #{p.index} ({p.label()}): {e}") from None
     except (GridError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -588,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             if executor == "debug":
                 run_debug(sw, todo, code, args.code_policy)
             elif executor == "local":
+                # longest expected points first (LPT): the last few points then overlap less with idle cores
+                todo = sorted(todo, key=lambda p: -grid.point_seconds.get(p.cfg.method, 0))
                 run_local(sw, todo, code_path, args.code_policy, args.parallel, threads)
             else:
                 run_slurm(sw, todo, code, args.code_policy, prof, wait=not args.no_wait)

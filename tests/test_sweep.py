@@ -59,9 +59,10 @@ def test_named_grids_expand_and_are_valid(tmp_path):
     again = expand(load("pareto"), common=common(tmp_path))
     assert [p.run_dir for p in pareto] == [p.run_dir for p in again]
     assert pareto[0].run_dir.startswith(os.path.join(str(tmp_path), "t", "flow_grpo", ""))
-    # another world is a choice of the grid (the SD3 backend need not exist to validate its points)
-    sd3 = expand(load("pareto"), world="sd3", common=common(tmp_path))
+    # another world is a choice of the grid (the SD3 weights need not exist to validate its points)
+    sd3 = expand(load("smoke"), world="sd3", common=common(tmp_path))
     assert {p.cfg.model.world for p in sd3} == {"sd3"}
+    assert {p.cfg.model.world for p in expand(load("pareto_sd3"), common=common(tmp_path))} == {"sd3"}
 
 
 def test_dry_run_prints_points_and_count_and_writes_nothing(tmp_path):

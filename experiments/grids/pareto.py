@@ -11,7 +11,7 @@ minutes on a 2-core machine with 2 at a time (point_seconds below; the dry run p
 Edit the knob values here; each change of a value is a new run directory (its config hash changes).
 """
 
-from .presets import SD3, SHAPES, SHAPES_FAST
+from .presets import SHAPES, SHAPES_FAST
 from .spec import Arm, Grid
 
 KL_BETAS = (0.04, 0.2, 1.0)  # flow_grpo_kl.beta: KL-to-reference strength (0.04 = Flow-GRPO GenEval; the shapes world needs more)
@@ -30,6 +30,6 @@ GRID = Grid(
     ),
     seeds=SEEDS,
     budget=SHAPES_FAST,
-    worlds={"shapes": SHAPES, "sd3": {**SD3, "train.iterations": 300, "eval.every": 50, "checkpoint_every": 10}},
+    worlds={"shapes": SHAPES},  # SD3.5-M: the <grid>_sd3 grid (same arms, knobs for PickScore's scale)
     point_seconds={"flow_grpo": 61, "flow_grpo_kl": 75, "diverse_grpo": 73, "drift": 75},
 )
