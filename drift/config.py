@@ -378,6 +378,18 @@ class RunConfig:
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
+    def input_paths(self) -> dict[str, str]:
+        """Files and folders whose content (not only their name) the results depend on; their fingerprints
+        go into config.json (``model_fingerprint``) and a resume refuses changed content."""
+        out = {"path": self.model.path, "features": self.model.features}
+        if self.model.world == "sd3":
+            from .prompts import resolve_path
+
+            out["prompts"] = resolve_path(self.sd3.prompts)
+            if self.sd3.eval_prompts:
+                out["eval_prompts"] = resolve_path(self.sd3.eval_prompts)
+        return out
+
     def run_dir(self) -> str:
         """<out>/<experiment>/<method>/<hash>/seed<k>: deterministic, no timestamps."""
         return os.path.join(self.out, self.experiment, self.method, self.science_hash(), f"seed{self.seed}")

@@ -106,7 +106,10 @@ def _finite_grads(params) -> bool:
 
 def folder_fingerprint(path: str) -> str:
     """sha256 over (relative name, size, sha256) of every file in a local model folder; the path
-    itself for a hub id. Detects a base model or feature net replaced under the same path."""
+    itself for a hub id; sha256 of a single file. Detects a base model, feature net or prompt file
+    replaced under the same path."""
+    if os.path.isfile(path):
+        return sha256_file(path)
     if not os.path.isdir(path):
         return f"id:{path}"
     h = hashlib.sha256()
@@ -124,7 +127,7 @@ def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, l
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.json")
     new = cfg.to_dict()
-    new["model_fingerprint"] = {"path": folder_fingerprint(cfg.model.path), "features": folder_fingerprint(cfg.model.features)}
+    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
     changes: list[str] = []
     if os.path.exists(path):
         with open(path) as f:

@@ -412,3 +412,17 @@ def test_mid_size_is_sd35_medium_per_layer():
         n = sum(p.numel() for p in SD3Transformer2DModel(**c).parameters())
     assert 100e6 < n < 300e6, n
     assert c["num_attention_heads"] * c["attention_head_dim"] == 1536 and c["joint_attention_dim"] == 4096
+
+
+def test_prompt_file_edited_in_place_is_refused_on_resume(models, tmp_path):
+    """The run hash holds the prompt file's path; its content is fingerprinted in config.json."""
+    from drift.train import prepare_run_dir
+
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a red cat\na blue dog\na green bird\na cup on a table\n")
+    cfg = make_config(items(models, tmp_path, f"sd3.prompts={pf}"))
+    prepare_run_dir(cfg)
+    prepare_run_dir(cfg)  # unchanged: fine
+    pf.write_text("a red cat\na blue dog\na green bird\na bowl on a table\n")
+    with pytest.raises(ConfigError, match=r"model_fingerprint\.prompts"):
+        prepare_run_dir(cfg)
