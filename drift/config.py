@@ -239,11 +239,13 @@ class SD3Config:
     w_hpsv21: float = 0.0
     """Weight of HPSv2.1 (raw cosine, ~0.25-0.35) in the training reward."""
     w_clipscore: float = 0.0
-    """Weight of CLIPScore (100 cos / 30 scale) in the training reward."""
+    """Weight of CLIPScore in the training reward. The head is 100 max(cos, 0) (~20-35); Flow-GRPO's scale is
+    a weight of 1/30."""
     w_aesthetic: float = 0.0
     """Weight of the LAION aesthetic predictor (~1-10 scale) in the training reward."""
     w_jpeg: float = 0.0
-    """Weight of JPEG compressibility (-kB / 500 at quality 95; no weights needed) in the training reward."""
+    """Weight of JPEG compressibility in the training reward (no weights needed). The head is -kB of the JPEG
+    at quality 95 (ddpo); Flow-GRPO's scale is a weight of 1/500."""
     eval_rewards: tuple[str, ...] = ()
     """Extra reward heads computed at evaluation only (monitors, logged as eval/monitor/<name>)."""
     pickscore_path: str = ""
