@@ -93,8 +93,22 @@ def assert_rows_close(a: list[dict], b: list[dict], rtol: float = 1e-4, atol: fl
 # ================================================================================================
 # The 2-process jobs (run by the driver below under torchrun)
 # ================================================================================================
-def jobs(tmp: str) -> list[dict]:
+def sd3_items(models: dict, out: str, method: str) -> list[str]:
+    """tests/test_sd3.py's tiny SD3 config and its per-method variant (other reward heads, feature nets),
+    without the JPEG training reward: its value is a byte count of the 8-bit image, which a float-order
+    difference of one pixel changes by a step (it stays as an eval monitor, within eval_atol)."""
+    from test_sd3 import VARIANTS, items
+
+    over = [x for x in VARIANTS[method] if not x.startswith("sd3.w_jpeg=")] + [f"method={method}"]
+    if "model.features=dino" in over:
+        over.append(f"sd3.features_path={models['dino']}")
+    return [f"{k}={v}" for k, v in items(models, out, *over).items()]
+
+
+def jobs(tmp: str, models: dict) -> list[dict]:
     out = []
+    for name in METHODS:  # every method on the tiny random SD3 pipeline
+        out.append({"name": f"sd3_{name}", "items": sd3_items(models, os.path.join(tmp, "sd3"), name)})
     for name, extra in METHODS.items():  # every method; the same config also runs on 1 process
         out.append({"name": name, "items": overrides(os.path.join(tmp, "two"), extra), "cli": name == "flow_grpo"})
     mlflow = f"tracking_uri=sqlite:///{tmp}/resume/mlflow.db"
@@ -102,6 +116,7 @@ def jobs(tmp: str) -> list[dict]:
                 "crash": ["backward", 2]})  # both ranks crash in iteration 2 (after checkpoint 2); restart
     out.append({"name": "handover", "items": overrides(os.path.join(tmp, "handover"), RESUME),
                 "crash": ["sampling", 2], "no_resume": True})  # finished by 1 process in the test
+    out.append({"name": "runjob", "runjob": overrides(os.path.join(tmp, "runjob"), ["method=drift"])})
     out.append({"name": "indivisible", "items": overrides(os.path.join(tmp, "bad"), ["sample.groups_per_iter=3"])})
     return out
 
@@ -124,6 +139,13 @@ def _driver(spec_path: str) -> None:
         res: dict = {}
         t0 = time.time()
         try:
+            if job.get("runjob"):  # the sweep's job entrypoint (what each Slurm task runs)
+                from drift.launch import RunJob
+
+                res["out"] = RunJob(dict(x.split("=", 1) for x in job["runjob"]))()
+                res["ok"] = True
+                results["jobs"][job["name"]] = res
+                continue
             cfg = make_config(job["items"])
             if job.get("crash"):
                 phase, at = job["crash"]
@@ -141,8 +163,8 @@ def _driver(spec_path: str) -> None:
                     continue
             if job.get("cli"):
                 res["rc"] = main(job["items"] + ["--quiet"])
-            else:
-                res["final"] = train(cfg, progress=False)
+            else:  # (allow_changes: files edited meanwhile must not refuse the resume; the code check has its tests)
+                res["final"] = train(cfg, progress=False, allow_changes=True)
             res["ok"] = True
         except Exception as e:  # noqa: BLE001 -- reported to the test
             res["error"] = f"{type(e).__name__}: {e}"
@@ -159,24 +181,35 @@ def launch(tmp: str, job_list: list[dict], timeout: float = 240) -> list[dict]:
     os.makedirs(tmp, exist_ok=True)
     with open(spec, "w") as f:
         json.dump(job_list, f)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+    # gloo also where a GPU is visible (DRIFT_TEST_DEVICE=cuda): both ranks then share that one GPU
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "DRIFT_DIST_BACKEND": "gloo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.abspath(__file__), spec]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    log = p.stdout[-4000:] + p.stderr[-6000:]
-    assert p.returncode == 0, log
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-6000:]
     out = []
     for r in range(2):
         with open(os.path.join(tmp, f"results.rank{r}.json")) as f:
             out.append(json.load(f))
-    out[0]["log"] = log
+    out[0]["stdout"] = p.stdout
     return out
 
 
 @pytest.fixture(scope="module")
-def two_proc(tmp_path_factory):
+def sd3_models(tmp_path_factory) -> dict:
+    """Tiny random SD3 pipeline and reward / feature models, saved in their real layouts (as test_sd3)."""
+    from drift.worlds.sd3.tiny import build_tiny_sd3
+    from drift.worlds.sd3.tiny_rewards import build_tiny_reward_models
+
+    root = tmp_path_factory.mktemp("sd3_models")
+    return {"sd3": build_tiny_sd3(str(root / "sd3")), **build_tiny_reward_models(str(root / "rewards"), dreamsim=False)}
+
+
+@pytest.fixture(scope="module")
+def two_proc(tmp_path_factory, sd3_models):
     tmp = str(tmp_path_factory.mktemp("dist"))
-    return tmp, launch(tmp, jobs(tmp))
+    return tmp, launch(tmp, jobs(tmp, sd3_models))
 
 
 # ================================================================================================
@@ -205,12 +238,32 @@ def test_two_processes_reproduce_one_process(two_proc, tmp_path, method):
         assert res[0]["jobs"][method]["final"] == res[1]["jobs"][method]["final"]
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_processes_on_the_tiny_sd3_pipeline(two_proc, sd3_models, tmp_path, method):
+    """Every method, 2 iterations on the tiny random SD3 pipeline (3 text encoders, VAE, LoRA, the
+    reward models and feature nets of test_sd3) on 2 processes = the same config on 1 process."""
+    from drift.config import make_config
+    from drift.train import train
+
+    tmp, res = two_proc
+    for r in res:
+        assert r["jobs"][f"sd3_{method}"].get("ok"), r["jobs"][f"sd3_{method}"]
+    rd2 = run_dir(sd3_items(sd3_models, os.path.join(tmp, "sd3"), method))
+    items1 = sd3_items(sd3_models, str(tmp_path), method)
+    train(make_config(items1), progress=False)
+    rd1 = run_dir(items1)
+    assert [r["step"] for r in rows(rd2)] == [0, 1, 2]
+    assert_rows_close(rows(rd1), rows(rd2))
+    assert_weights_close(weights(rd1, 2), weights(rd2, 2))
+    assert any(float(v.abs().sum()) > 0 for k, v in weights(rd2, 2).items() if "lora_B" in k)  # training moved it
+
+
 def test_batch_sizes_printed(two_proc):
-    log = two_proc[1][0]["log"]
+    log = two_proc[1][0]["stdout"]
     assert "[drift] batch: 2 process(es); per iteration 2 prompts x 4 candidates = 8 images sampled" in log
     assert "(per rank: 1 prompts, 4 images, 4 trajectories, micro-batch 4)" in log
-    # printed by rank 0 only, at every start: the methods, resume (twice), handover
-    assert log.count("[drift] batch: 2 process(es)") == len(METHODS) + 3
+    # printed by rank 0 only, at every start: the methods on both worlds, resume (twice), handover, runjob
+    assert log.count("[drift] batch: 2 process(es)") == 2 * len(METHODS) + 4
 
 
 def test_indivisible_groups_are_refused_on_every_rank(two_proc):
@@ -266,9 +319,41 @@ def test_two_process_checkpoint_resumes_on_one_process(two_proc, ref3):
     tmp, res = two_proc
     assert all(r["jobs"]["handover"].get("crashed") == "sampling@2" for r in res)
     items = overrides(os.path.join(tmp, "handover"), RESUME)
-    train(make_config(items), progress=False)
+    train(make_config(items), progress=False, allow_changes=True)  # (see _driver)
     assert_rows_close(rows(ref3), rows(run_dir(items)))
     assert_weights_close(weights(ref3, 3), weights(run_dir(items), 3))
+
+
+def test_sweep_job_entrypoint_on_two_processes(two_proc):
+    """RunJob (what a Slurm task runs) on 2 ranks: rank 0 alone takes the lock and writes launch.jsonl."""
+    tmp, res = two_proc
+    outs = [r["jobs"]["runjob"] for r in res]
+    assert all(o.get("ok") and o["out"]["status"] == "done" and o["out"]["ran"] for o in outs), outs
+    assert outs[0]["out"]["final"] == outs[1]["out"]["final"]
+    rd = outs[0]["out"]["run_dir"]
+    with open(os.path.join(rd, "launch.jsonl")) as f:
+        events = [json.loads(ln) for ln in f]
+    assert [e["event"] for e in events] == ["start", "done"] and events[0]["processes"] == 2
+    assert [r["step"] for r in rows(rd)] == [0, 1, 2]
+
+
+def test_slurm_tasks_export_the_process_group_env(monkeypatch):
+    """A task of a multi-task submitit job (tasks_per_node > 1) finds its rank, the world size and a
+    master address/port from Slurm's variables; nothing is exported outside such a job."""
+    from drift import distributed as dist
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "SUBMITIT_EXECUTOR", "SLURM_NTASKS"):
+        monkeypatch.delenv(k, raising=False)  # restored (to absent) after the test
+    assert not dist.export_slurm_env()
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+           "SLURM_LOCALID": "3", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu017", "SLURM_NODEID": "0"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert dist.export_slurm_env()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "3")
+    assert os.environ["MASTER_ADDR"] == "gpu017" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
+    assert not dist.export_slurm_env()  # already set (as under torchrun): left alone
 
 
 def test_plan_and_collectives_with_one_process():
