@@ -356,6 +356,25 @@ def test_slurm_tasks_export_the_process_group_env(monkeypatch):
     assert not dist.export_slurm_env()  # already set (as under torchrun): left alone
 
 
+def test_sweep_checks_tasks_per_node_before_submitting(tmp_path, capsys):
+    """A Slurm profile with tasks_per_node = n refuses (exit 2, nothing written) points whose
+    groups_per_iter is not divisible by n, and passes n to every array task."""
+    sys.path.insert(0, ROOT)
+    from experiments.sweep import SlurmProfile, main
+
+    out = tmp_path / "runs"
+    rc = main(["--grid", "smoke", "--executor", "slurm", "--profile", "local_ci", "--tasks-per-node", "3",
+               "--dry-run", "--out", str(out)])
+    assert rc == 2 and not out.exists()
+    assert "with tasks_per_node=3: sample.groups_per_iter=2: must be divisible by the number of processes" \
+        in capsys.readouterr().err
+    assert main(["--grid", "smoke", "--executor", "slurm", "--profile", "local_ci", "--tasks-per-node", "2",
+                 "--dry-run", "--out", str(out)]) == 0
+    prof, _ = SlurmProfile.load(os.path.join(ROOT, "slurm", "sd3_4gpu.toml"))
+    params = prof.executor_params("x")
+    assert params["tasks_per_node"] == 4 and params["gpus_per_node"] == 4 and params["nodes"] == 1
+
+
 def test_plan_and_collectives_with_one_process():
     """Without a process group every helper is the identity, and the plan's slices cover the batch."""
     from drift import distributed as dist
