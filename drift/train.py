@@ -148,7 +148,8 @@ def batch_plan(cfg: RunConfig, world: int) -> "dist.BatchPlan":
     sample.groups_per_iter is not divisible by the world size or train.micro_batch does not divide a
     rank's trajectories."""
     T, tc = cfg.sample.num_steps, cfg.train
-    return dist.plan(cfg.sample.groups_per_iter, cfg.sample.group_size, method_spec(cfg.method).build(cfg.options).oversample,
+    oversample = method_spec(cfg.method).build(cfg.options).oversample
+    return dist.plan(cfg.sample.groups_per_iter, cfg.sample.group_size, oversample,
                      tc.micro_batch, min(int(T * tc.timestep_fraction), T - 1), tc.steps_per_update, world)
 
 
@@ -312,8 +313,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         if start == 0:
             tracker.log(0, run_eval(0))
 
-        bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", disable=not (progress and dist.is_main()),
-                   initial=start, total=tc.iterations, mininterval=2)
+        bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}",
+                   disable=not (progress and dist.is_main()), initial=start, total=tc.iterations, mininterval=2)
         for it in bar:
             t_iter = time.time()
             sw = Stopwatch()
@@ -419,7 +420,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                     loss.backward()
                     t_bwd += sw.lap()
                     logs.setdefault("loss/policy", []).append(float(policy.detach().mean()))
-                    logs.setdefault("loss/total", []).append(float(loss.detach()) * bp.trajectories / x_j.shape[0] * tc.steps_per_update)
+                    logs.setdefault("loss/total", []).append(
+                        float(loss.detach()) * bp.trajectories / x_j.shape[0] * tc.steps_per_update)
                     logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
                     logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
                     logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
