@@ -61,8 +61,8 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".tmp_{name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)
         tfile = os.path.join(tmp, "tensors.safetensors")
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tfile)
         with open(tfile, "rb") as f:
@@ -78,12 +78,15 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
         _fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise CheckpointError(f"disk full while writing checkpoint step {step} under {root}; "
-                                  "the previous checkpoint is intact") from e
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full ({os.strerror(e.errno)}) while writing checkpoint step {step} under "
+                                  f"{root}; the previous checkpoint is intact; free space and rerun the same "
+                                  "command to resume") from e
         raise
-    committed = sorted(d for d in os.listdir(root) if d.startswith("step_"))
-    for old in committed[: -max(keep, 2)]:
+    # Retention only after the commit, and only among older checkpoints: the one just written is never
+    # deleted, and a newer leftover (an invalid one from before a fallback) never counts towards ``keep``.
+    older = sorted(d for d in os.listdir(root) if d.startswith("step_") and d < name)
+    for old in older[: max(0, len(older) - (max(keep, 2) - 1))]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
 
@@ -92,8 +95,14 @@ def _verify(folder: str) -> dict:
     mpath = os.path.join(folder, "manifest.json")
     if not os.path.exists(mpath):
         raise CheckpointError(f"{folder}: no manifest.json (an uncommitted checkpoint)")
-    with open(mpath) as f:
-        manifest = json.load(f)
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except ValueError as e:
+        raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+    missing = {"tensors.safetensors", "state.json"} - set(manifest.get("files", {}))
+    if missing:
+        raise CheckpointError(f"{mpath}: does not list {sorted(missing)}")
     for n, meta in manifest["files"].items():
         p = os.path.join(folder, n)
         if not os.path.exists(p):
@@ -129,7 +138,7 @@ def load_latest(run_dir: str) -> tuple[int, dict[str, torch.Tensor], dict] | Non
                 warnings.warn(f"fell back to checkpoint {folder}: newer ones are invalid: {'; '.join(errors)}")
             return manifest["step"], tensors, state
         except Exception as e:  # CheckpointError, OSError, JSON or safetensors errors: try the previous one
-            errors.append(str(e))
+            errors.append(str(e) if folder in str(e) else f"{folder}: {type(e).__name__}: {e}")
     if errors:
         raise CheckpointError(f"no valid checkpoint under {root}: {'; '.join(errors)}")
     return None

@@ -46,6 +46,11 @@ start)
   # Initialise the schema now, once, before any job touches the DB (first-time migration is racy).
   "$MLFLOW" db upgrade "sqlite:///$DIR/mlflow.db" >"$DIR/db-upgrade.log" 2>&1
   # No job-execution consumers (they add ~1 GB RSS); one worker is plenty for metric logging.
+  # MLflow's default DB pool (5 + 10 overflow) is smaller than the server's 40 request threads: with 32
+  # concurrent writers requests stalled in 30 s bursts and failed "400 QueuePool limit ... reached"
+  # (tests/test_mlflow_concurrency.py); with 40 + 40 the same load ran without an error.
+  MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-40} \
+  MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-40} \
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$MLFLOW" server \
     --backend-store-uri "sqlite:///$DIR/mlflow.db" --artifacts-destination "$ART" --serve-artifacts \
     --host "$HOST" --port "$PORT" --workers 1 --allowed-hosts "$ALLOWED" >"$DIR/server.log" 2>&1 &
