@@ -40,8 +40,19 @@ METHODS = {
 RESUME = ["method=flow_grpo_kl", "train.iterations=3"]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """The 1-process references run with 1 torch thread, like each rank (``threads=1`` below, not part
+    of a run's identity); the process's own thread count is restored for the tests after these."""
+    yield
+    torch.set_num_threads(_THREADS)
+
+
+_THREADS = torch.get_num_threads()  # at import, before any fixture ran train()
+
+
 def overrides(out: str, extra: list[str]) -> list[str]:
-    items = dict(x.split("=", 1) for x in TINY + [f"out={out}"])
+    items = dict(x.split("=", 1) for x in TINY + [f"out={out}", "threads=1"])
     items.update(x.split("=", 1) for x in extra)  # later items win
     return [f"{k}={v}" for k, v in items.items()]
 
@@ -102,7 +113,7 @@ def sd3_items(models: dict, out: str, method: str) -> list[str]:
     over = [x for x in VARIANTS[method] if not x.startswith("sd3.w_jpeg=")] + [f"method={method}"]
     if "model.features=dino" in over:
         over.append(f"sd3.features_path={models['dino']}")
-    return [f"{k}={v}" for k, v in items(models, out, *over).items()]
+    return [f"{k}={v}" for k, v in items(models, out, *over, "threads=1").items()]
 
 
 def jobs(tmp: str, models: dict) -> list[dict]:
