@@ -910,7 +910,7 @@ def test_all_groups_constant_give_exact_zero_advantages(global_std):
 # ================================================================================================
 # T19: missing model weights (grid validation itself: tests/test_sweep.py)
 # ================================================================================================
-def test_missing_or_unreadable_model_files_fail_before_anything_is_written(tmp_path):
+def test_missing_model_or_prompt_files_fail_before_anything_is_written(tmp_path):
     from drift.config import SHAPES_ASSETS, ConfigError
 
     base = str(tmp_path / "base")
@@ -927,6 +927,13 @@ def test_missing_or_unreadable_model_files_fail_before_anything_is_written(tmp_p
     for extra, msg in cases:
         with pytest.raises(ConfigError, match=msg):
             run(over(out, **extra))
+        assert not out.exists()
+    # the SD3 world's prompt files (its preflight runs before anything is written; no model needed)
+    os.mkdir(tmp_path / "prompts_dir")
+    for prompts, msg in ((str(tmp_path / "nope.txt"), "nope.txt.*cannot read it \\(No such file"),
+                         (str(tmp_path / "prompts_dir"), "prompts_dir.*cannot read it \\(Is a directory")):
+        with pytest.raises(ValueError, match=msg):
+            run(over(out, model__world="sd3", sd3__prompts=prompts))
         assert not out.exists()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), "--grid", "smoke", "--executor",
                         "local", "--out", str(out), "--tracking-uri", "none", "--set", f"model.path={base}"],
