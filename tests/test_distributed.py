@@ -125,6 +125,7 @@ def jobs(tmp: str, models: dict) -> list[dict]:
     mlflow = f"tracking_uri=sqlite:///{tmp}/resume/mlflow.db"
     out.append({"name": "resume", "items": overrides(os.path.join(tmp, "resume"), RESUME + [mlflow]),
                 "crash": ["backward", 2]})  # both ranks crash in iteration 2 (after checkpoint 2); restart
+    out.append({"name": "uninterrupted", "items": overrides(os.path.join(tmp, "uninterrupted"), RESUME)})
     out.append({"name": "handover", "items": overrides(os.path.join(tmp, "handover"), RESUME),
                 "crash": ["sampling", 2], "no_resume": True})  # finished by 1 process in the test
     out.append({"name": "runjob", "runjob": overrides(os.path.join(tmp, "runjob"), ["method=drift"])})
@@ -273,8 +274,9 @@ def test_batch_sizes_printed(two_proc):
     log = two_proc[1][0]["stdout"]
     assert "[drift] batch: 2 process(es); per iteration 2 prompts x 4 candidates = 8 images sampled" in log
     assert "(per rank: 1 prompts, 4 images, 4 trajectories, micro-batch 4)" in log
-    # printed by rank 0 only, at every start: the methods on both worlds, resume (twice), handover, runjob
-    assert log.count("[drift] batch: 2 process(es)") == 2 * len(METHODS) + 4
+    # printed by rank 0 only, at every start: the methods on both worlds, resume (twice), uninterrupted,
+    # handover, runjob
+    assert log.count("[drift] batch: 2 process(es)") == 2 * len(METHODS) + 5
 
 
 def test_indivisible_groups_are_refused_on_every_rank(two_proc):
@@ -298,15 +300,21 @@ def ref3(tmp_path_factory) -> str:
 
 
 def test_resume_of_a_two_process_run_is_exact(two_proc, ref3):
-    """Both ranks crash in iteration 2 and restart: the metrics and weights equal an uninterrupted
-    1-process run; one MLflow run (rank 0's), reopened, every (key, step) logged once."""
+    """Both ranks crash in iteration 2 and restart: the metrics and weights equal the uninterrupted
+    2-process run bit for bit (and a 1-process run up to float order); one MLflow run (rank 0's),
+    reopened, every (key, step) logged once."""
     tmp, res = two_proc
     for r in res:
         assert r["jobs"]["resume"].get("crashed") == "backward@2" and r["jobs"]["resume"].get("ok"), r["jobs"]["resume"]
     uri = f"sqlite:///{tmp}/resume/mlflow.db"
     rd2 = run_dir(overrides(os.path.join(tmp, "resume"), RESUME + [f"tracking_uri={uri}"]))
+    plain = run_dir(overrides(os.path.join(tmp, "uninterrupted"), RESUME))
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for r in rs]  # noqa: E731
+    assert strip(rows(rd2)) == strip(rows(plain))
+    w2, wp = weights(rd2, 3), weights(plain, 3)
+    assert w2.keys() == wp.keys() and all(torch.equal(w2[k], wp[k]) for k in w2)
     assert_rows_close(rows(ref3), rows(rd2))
-    assert_weights_close(weights(ref3, 3), weights(rd2, 3))
+    assert_weights_close(weights(ref3, 3), w2)
     with open(os.path.join(rd2, "checkpoints", "step_000003", "state.json")) as f:
         state = json.load(f)
     assert state["world_size"] == 2 and len(state["py_rng_ranks"]) == 2
