@@ -48,6 +48,7 @@ def _writer(uri: str, task: int, rank: int, root: str, go) -> None:
 
     out = os.path.join(root, f"result_{task}_{rank}.json")
     res: dict = {"task": task, "rank": rank}
+    tracking.RETRIES["count"] = 0  # this process's own (a fork inherits the parent's count)
     try:
         go.wait(60)  # start together
         run_dir = os.path.join(root, "runs", f"task{task}", f"rank{rank}")
