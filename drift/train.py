@@ -101,7 +101,9 @@ class Stopwatch:
 
 
 def _finite_grads(params) -> bool:
-    return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+    """All gradients finite; one device synchronisation for all tensors (not one per tensor)."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def folder_fingerprint(path: str) -> str:

@@ -363,7 +363,8 @@ def test_slurm_tasks_export_the_process_group_env(monkeypatch):
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
               "SUBMITIT_EXECUTOR", "SLURM_NTASKS"):
-        monkeypatch.delenv(k, raising=False)  # restored (to absent) after the test
+        monkeypatch.setenv(k, "")  # records the original (absent) value, so the export below is undone
+        monkeypatch.delenv(k)
     assert not dist.export_slurm_env()
     env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
            "SLURM_LOCALID": "3", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu017", "SLURM_NODEID": "0"}
