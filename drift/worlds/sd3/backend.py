@@ -37,6 +37,7 @@ import torch
 
 from ...config import ConfigError, RunConfig
 from ...methods import Cond
+from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from ...prompts import load_prompt_splits
 
@@ -118,7 +119,7 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-class SD3World:
+class SD3World(TransformerPolicy):
     """SD3 pipeline + prompt file + MultiReward + feature net behind the engine's world interface."""
 
     name = "sd3"
@@ -183,7 +184,6 @@ class SD3World:
         if s.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.transformer = transformer
-        self._in_reference = False
 
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.cache_stats = {"hits": 0, "misses": 0}
@@ -247,27 +247,11 @@ class SD3World:
         """v(x, sigma | cond) in fp32: the SD3 transformer at timestep 1000 * sigma."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.device)
         t = (1000 * sigma).expand(x.shape[0]) if sigma.ndim == 0 else 1000 * sigma
-        net = self._ref_copy if (self._ref_copy is not None and self._in_reference) else self.transformer
+        net = self.policy_net()
         with self._autocast():
             v = net(hidden_states=x.to(self.device), timestep=t, encoder_hidden_states=cond.hidden,
                     pooled_projections=cond.pooled, return_dict=False)[0]
         return v.float()
-
-    @contextlib.contextmanager
-    def reference(self):
-        """The reference policy: the base model (LoRA adapter disabled, or the frozen copy)."""
-        self._in_reference = True
-        if self.finetune == "lora":
-            self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            if self.finetune == "lora":
-                self.transformer.enable_adapters()
-            self._in_reference = False
-
-    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def sigma_schedule(self, num_steps: int, shift: float) -> torch.Tensor:

@@ -7,12 +7,12 @@ loop never branches on the world.
 from __future__ import annotations
 
 import copy
-import contextlib
 import math
 
 import torch
 
 from ...methods import Cond
+from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from . import world
 from .features import load_features
@@ -33,7 +33,7 @@ class ShapesFeatures:
         return self.net(images.float().clamp(0, 1))
 
 
-class ShapesWorld:
+class ShapesWorld(TransformerPolicy):
     """Pixel-space SD3 transformer + word-level text encoder; judge-based reward; CNN features."""
 
     name = "shapes"
@@ -100,26 +100,8 @@ class ShapesWorld:
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         t = (1000 * sigma).expand(x.shape[0]) if sigma.ndim == 0 else 1000 * sigma
-        net = self._ref_copy if (self._ref_copy is not None and self._in_reference) else self.transformer
+        net = self.policy_net()
         return net(x, cond.hidden, cond.pooled, t, return_dict=False)[0]
-
-    _in_reference = False
-
-    @contextlib.contextmanager
-    def reference(self):
-        """The reference policy: the base model (LoRA adapter disabled, or the frozen copy)."""
-        self._in_reference = True
-        if self.finetune == "lora":
-            self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            if self.finetune == "lora":
-                self.transformer.enable_adapters()
-            self._in_reference = False
-
-    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
 
     @staticmethod
     def sigma_schedule(num_steps: int, shift: float) -> torch.Tensor:
