@@ -19,15 +19,21 @@ DIVERSE_BETAS = (0.25, 0.5, 1.0)  # diverse_grpo.beta: creativity-bonus weight
 DRIFT_LAMS = (0.5, 1.0, 2.0)  # drift.lam: diversity-shaping strength (subset + prompt variation at defaults)
 SEEDS = (0, 1, 2)
 
+
+def pareto_arms(kl_betas, diverse_betas, drift_lams) -> tuple[Arm, ...]:
+    """Every method across its strength knob (shared by pareto and pareto_sd3; only the values differ)."""
+    return (
+        Arm("flow_grpo", {"method": "flow_grpo"}),  # beta = 0: the collapse end of every front
+        Arm("flow_grpo_kl", {"method": "flow_grpo_kl"}, {"flow_grpo_kl.beta": kl_betas}),
+        Arm("diverse_grpo", {"method": "diverse_grpo"}, {"diverse_grpo.beta": diverse_betas}),
+        Arm("drift", {"method": "drift"}, {"drift.lam": drift_lams}),
+    )
+
+
 GRID = Grid(
     name="pareto",
     doc=__doc__,
-    arms=(
-        Arm("flow_grpo", {"method": "flow_grpo"}),  # beta = 0: the collapse end of every front
-        Arm("flow_grpo_kl", {"method": "flow_grpo_kl"}, {"flow_grpo_kl.beta": KL_BETAS}),
-        Arm("diverse_grpo", {"method": "diverse_grpo"}, {"diverse_grpo.beta": DIVERSE_BETAS}),
-        Arm("drift", {"method": "drift"}, {"drift.lam": DRIFT_LAMS}),
-    ),
+    arms=pareto_arms(KL_BETAS, DIVERSE_BETAS, DRIFT_LAMS),
     seeds=SEEDS,
     budget=SHAPES_FAST,
     worlds={"shapes": SHAPES},  # SD3.5-M: the <grid>_sd3 grid (same arms, knobs for PickScore's scale)

@@ -14,7 +14,8 @@ a cluster".
 """
 
 from .presets import SD3, SD3_BUDGET
-from .spec import Arm, Grid
+from .pareto import pareto_arms
+from .spec import Grid
 
 KL_BETAS = (0.004, 0.01, 0.04)  # flow_grpo_kl.beta: Flow-GRPO uses 0.01 for PickScore, 0.04 for GenEval
 DIVERSE_BETAS = (1.0, 3.0, 5.0)  # diverse_grpo.beta: creativity-bonus weight (paper notes: gains saturate ~3-5)
@@ -24,12 +25,7 @@ SEEDS = (0, 1, 2)
 GRID = Grid(
     name="pareto_sd3",
     doc=__doc__,
-    arms=(
-        Arm("flow_grpo", {"method": "flow_grpo"}),  # beta = 0: the collapse end of every front
-        Arm("flow_grpo_kl", {"method": "flow_grpo_kl"}, {"flow_grpo_kl.beta": KL_BETAS}),
-        Arm("diverse_grpo", {"method": "diverse_grpo"}, {"diverse_grpo.beta": DIVERSE_BETAS}),
-        Arm("drift", {"method": "drift"}, {"drift.lam": DRIFT_LAMS}),
-    ),
+    arms=pareto_arms(KL_BETAS, DIVERSE_BETAS, DRIFT_LAMS),
     seeds=SEEDS,
     budget=SD3_BUDGET,
     worlds={"sd3": SD3},
