@@ -51,10 +51,11 @@ def science_hash(config: dict) -> str:
 
 
 def read_jsonl(path: str, decode: bool = True) -> list[dict]:
-    """The rows of a metrics.jsonl: the one reader. A torn last line (a crash while writing it) is dropped
-    with a warning; a malformed line elsewhere raises ValueError naming the file and the line. With
-    ``decode`` the 'nan' / 'inf' / '-inf' strings (how non-finite values are written) become floats;
-    without it the rows are returned as written (to rewrite them unchanged). FileNotFoundError if absent."""
+    """The rows of a JSON-lines file of a run (metrics.jsonl, launch.jsonl): the one reader. Blank lines are
+    skipped. A torn last line (a crash while writing it) is dropped with a warning; a malformed line
+    elsewhere raises ValueError naming the file and the line. With ``decode`` (metrics only) the 'nan' /
+    'inf' / '-inf' strings (how non-finite values are written) become floats; without it the rows are
+    returned as written (to rewrite them unchanged). FileNotFoundError if the file is absent."""
     with open(path) as f:
         lines = [(i + 1, ln) for i, ln in enumerate(f) if ln.strip()]
     rows = []
