@@ -12,7 +12,6 @@ are excluded, each with a warning naming it; non-finite points are dropped, each
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-NOT_SCIENCE = ("seed", "out", "tracking_uri", "experiment", "threads", "model_fingerprint")  # as RunConfig.science_hash (the fingerprint is a run-dir check, not identity)
-SKIP_DIRS = {"analysis", "mlartifacts", "checkpoints", "samples", "figures"}
+from drift.rundir import FINGERPRINT, NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, science_hash
+
+NOT_SCIENCE = (*NON_SCIENCE_KEYS, FINGERPRINT)  # left out of a run's compared settings (as of its hash)
+SKIP_DIRS = {"analysis", "mlartifacts", "figures", RunDir.CHECKPOINTS, RunDir.SAMPLES}
 ABLATION_FIELDS = ("subset", "prompt", "shaping")
 
 
@@ -51,12 +52,6 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def science_hash(config: dict) -> str:
-    """The engine's config hash (drift.config.RunConfig.science_hash) computed from a config.json dict."""
-    d = {k: v for k, v in config.items() if k not in NOT_SCIENCE}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _f(v) -> float:
@@ -126,7 +121,7 @@ def find_run_dirs(root: str) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        if "config.json" in filenames:
+        if RunDir.CONFIG in filenames:
             out.append(dirpath)
             dirnames[:] = []
     return sorted(out)
@@ -178,20 +173,20 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
             continue
         seen_paths.add(rd)
         name = os.path.relpath(rd, root) if root else rd
+        run = RunDir(rd)
         try:
-            with open(os.path.join(rd, "config.json")) as f:
-                cfg = json.load(f)
+            cfg = run.read_config()
         except (OSError, json.JSONDecodeError) as e:
             warnings.append(f"excluded run {name}: unreadable config.json ({type(e).__name__}: {e})")
             continue
-        if not os.path.exists(os.path.join(rd, "DONE")):
+        if not os.path.exists(run.done):
             warnings.append(f"excluded run {name}: it did not finish (no DONE marker: crashed or still running)")
             continue
-        if not os.path.exists(os.path.join(rd, "final_eval.json")):
+        if not os.path.exists(run.final_eval):
             warnings.append(f"excluded run {name}: no final_eval.json (the run lacks its final evaluation)")
             continue
         try:
-            mrows = _read_metrics(rd)
+            mrows = run.read_metrics()
         except (OSError, ValueError) as e:
             warnings.append(f"excluded run {name}: unreadable metrics.jsonl ({type(e).__name__}: {e})")
             continue
@@ -213,27 +208,13 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
     for r in runs:
         for m in r.pop("_rows"):
             step = int(m["step"])
-            png = os.path.join(r["run_dir"], "samples", f"eval_{step:06d}.png")
+            png = RunDir(r["run_dir"]).eval_grid(step)
             extra = {k: v for k, v in m.items() if k.startswith("eval/") and k not in (akey, dkey)}
             rows.append({"method": r["method"], "run": r["run"], "seed": r["seed"], "config": r["config"],
                          "step": step, "alignment": _f(m.get(akey)), "diversity": _f(m.get(dkey)),
                          "final": step == r["final_step"], "run_dir": r["run_dir"],
                          "samples": png if os.path.exists(png) else None, **extra})
     return _finish(rows, runs, source or (root or "run directories"), warnings, akey, dkey)
-
-
-def _read_metrics(run_dir: str) -> list[dict]:
-    """metrics.jsonl rows, 'nan'/'inf' strings back to floats (as drift.tracking.read_metrics)."""
-    rows = []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for i, ln in enumerate(f):
-            if ln.strip():
-                try:
-                    r = json.loads(ln)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"line {i + 1}: {e}") from None
-                rows.append({k: (_f(v) if isinstance(v, str) else v) for k, v in r.items()})
-    return rows
 
 
 def default_input(runs_root: str, experiment: str | None) -> tuple[list[str], str, str | None, list[str]]:
@@ -248,14 +229,14 @@ def default_input(runs_root: str, experiment: str | None) -> tuple[list[str], st
         folder = os.path.join(runs_root, experiment)
         if not os.path.isdir(folder):
             raise AnalysisInputError(f"experiment folder {folder} does not exist")
-        sweep = os.path.join(folder, "sweep.json")
+        sweep = os.path.join(folder, SWEEP_INDEX)
         dirs = find_run_dirs(folder)
         if os.path.exists(sweep):
             listed, w = sweep_run_dirs(sweep, runs_root)
             warnings += w
             dirs = sorted(set(dirs) | set(listed))
         return dirs, folder, experiment, warnings
-    sweeps = sorted(glob.glob(os.path.join(runs_root, "*", "sweep.json")), key=os.path.getmtime)
+    sweeps = sorted(glob.glob(os.path.join(runs_root, "*", SWEEP_INDEX)), key=os.path.getmtime)
     if sweeps:
         folder = os.path.dirname(sweeps[-1])
         listed, w = sweep_run_dirs(sweeps[-1], runs_root)
@@ -318,7 +299,7 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
                             f"{last} = train.iterations)")
             continue
         flat = {k: v for k, v in params.items() if k not in NOT_SCIENCE}
-        chash = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
+        chash = science_hash(flat)  # of the flat string params: stable per config, not the run directory's hash
         run_dir = tags.get("run_dir")
         opts = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("options.")}
         runs.append({"run": label, "method": tags["method"], "seed": int(tags.get("seed", params.get("seed", -1))),
@@ -328,7 +309,7 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
     for r in runs:
         hist = r.pop("_hist")
         for step in sorted(set(hist.get(akey, {})) | set(hist.get(dkey, {}))):
-            png = os.path.join(r["run_dir"], "samples", f"eval_{step:06d}.png") if r["run_dir"] else None
+            png = RunDir(r["run_dir"]).eval_grid(step) if r["run_dir"] else None
             extra = {k: h[step] for k, h in hist.items() if k not in (akey, dkey) and step in h}
             rows.append({"method": r["method"], "run": r["run"], "seed": r["seed"], "config": r["config"],
                          "step": int(step), "alignment": _f(hist.get(akey, {}).get(step)),

@@ -22,22 +22,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from drift.rundir import SWEEP_INDEX, RunDir, read_jsonl  # noqa: E402
+
 PHASES = {"sample": ("sample",), "reward+features": ("reward", "features"), "forward+backward": ("forward", "backward"),
           "optimizer": ("optimizer",), "evaluation": ("eval",), "checkpoint": ("checkpoint",),
           "prompt+advantage": ("prompt", "advantage")}
 
 
 def point_breakdown(run_dir: str) -> dict:
-    from drift.tracking import read_metrics
-
-    seconds = None
-    with open(os.path.join(run_dir, "launch.jsonl")) as f:
-        for line in f:
-            ev = json.loads(line)
-            if ev.get("event") == "done":
-                seconds = ev["seconds"]
+    rd = RunDir(run_dir)
+    seconds = next((ev["seconds"] for ev in reversed(read_jsonl(rd.launch_log, decode=False))
+                    if ev.get("event") == "done"), None)
     out = {k: 0.0 for k in PHASES}
-    for row in read_metrics(run_dir):
+    for row in rd.read_metrics():
         for name, keys in PHASES.items():
             out[name] += sum(row.get(f"sys/{k}_seconds", 0.0) for k in keys)
     out["point"] = seconds
@@ -46,7 +43,7 @@ def point_breakdown(run_dir: str) -> dict:
 
 
 def analyze(grid_dir: str) -> dict:
-    with open(os.path.join(grid_dir, "sweep.json")) as f:
+    with open(os.path.join(grid_dir, SWEEP_INDEX)) as f:
         sweep = json.load(f)
     by_method: dict[str, dict] = {}
     for p in sweep["points"]:

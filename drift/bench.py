@@ -205,7 +205,7 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     """Train for the configured iterations in a temporary directory and measure; returns the result dict."""
     from .config import ConfigError, make_config
     from .train import train
-    from .tracking import read_metrics
+    from .rundir import read_metrics
 
     tmp = tempfile.mkdtemp(prefix="drift-bench-")
     items = {"out": tmp, "experiment": "bench", "tracking_uri": "sqlite:///" + os.path.join(tmp, "mlflow.db"),

@@ -18,7 +18,8 @@ import warnings
 import torch
 from safetensors.torch import load_file, save_file
 
-CKPT_DIR = "checkpoints"
+from .rundir import RunDir
+
 KEEP = 2
 
 
@@ -55,10 +56,10 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
     for k, t in tensors.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"refusing to checkpoint step {step}: tensor {k!r} holds non-finite values")
-    root = os.path.join(run_dir, CKPT_DIR)
+    rd = RunDir(run_dir)
+    root, final = rd.checkpoints, rd.checkpoint(step)
     os.makedirs(root, exist_ok=True)
-    name = f"step_{step:06d}"
-    final = os.path.join(root, name)
+    name = os.path.basename(final)
     tmp = os.path.join(root, f".tmp_{name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -70,7 +71,7 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
         _write_json(os.path.join(tmp, "state.json"), state)
         files = {n: {"bytes": os.path.getsize(os.path.join(tmp, n)), "sha256": sha256_file(os.path.join(tmp, n))}
                  for n in ("tensors.safetensors", "state.json")}
-        _write_json(os.path.join(tmp, "manifest.json"), {"step": step, "files": files})
+        _write_json(os.path.join(tmp, RunDir.MANIFEST), {"step": step, "files": files})
         _fsync_dir(tmp)
         if os.path.exists(final):  # a re-save of the same step (after a crash between rename and prune)
             shutil.rmtree(final)
@@ -85,14 +86,14 @@ def save_checkpoint(run_dir: str, step: int, tensors: dict[str, torch.Tensor], s
         raise
     # Retention only after the commit, and only among older checkpoints: the one just written is never
     # deleted, and a newer leftover (an invalid one from before a fallback) never counts towards ``keep``.
-    older = sorted(d for d in os.listdir(root) if d.startswith("step_") and d < name)
+    older = sorted(d for d in os.listdir(root) if d.startswith(RunDir.CHECKPOINT_PREFIX) and d < name)
     for old in older[: max(0, len(older) - (max(keep, 2) - 1))]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
 
 
 def _verify(folder: str) -> dict:
-    mpath = os.path.join(folder, "manifest.json")
+    mpath = os.path.join(folder, RunDir.MANIFEST)
     if not os.path.exists(mpath):
         raise CheckpointError(f"{folder}: no manifest.json (an uncommitted checkpoint)")
     try:
@@ -120,14 +121,14 @@ def load_latest(run_dir: str) -> tuple[int, dict[str, torch.Tensor], dict] | Non
     Invalid ones (no manifest, wrong size, wrong hash) are skipped with a warning; leftover temporary
     folders are removed.
     """
-    root = os.path.join(run_dir, CKPT_DIR)
+    root = RunDir(run_dir).checkpoints
     if not os.path.isdir(root):
         return None
     for d in os.listdir(root):
         if d.startswith(".tmp_"):
             shutil.rmtree(os.path.join(root, d), ignore_errors=True)
     errors = []
-    for d in sorted((d for d in os.listdir(root) if d.startswith("step_")), reverse=True):
+    for d in sorted((d for d in os.listdir(root) if d.startswith(RunDir.CHECKPOINT_PREFIX)), reverse=True):
         folder = os.path.join(root, d)
         try:
             manifest = _verify(folder)

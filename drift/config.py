@@ -8,13 +8,14 @@ keys of the method's own options are prefixed with the method's name.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .rundir import RunDir, science_hash
 
 SHAPES_ASSETS = os.path.join(os.path.dirname(__file__), "worlds", "shapes", "assets")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -374,11 +375,8 @@ class RunConfig:
         return d
 
     def science_hash(self) -> str:
-        """Hash of everything that changes results except the seed and where outputs go."""
-        d = self.to_dict()
-        for k in ("seed", "out", "tracking_uri", "experiment", "threads"):
-            d.pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        """Hash of everything that changes results except the seed and where outputs go (drift.rundir.science_hash)."""
+        return science_hash(self.to_dict())
 
     def input_paths(self) -> dict[str, str]:
         """Files and folders whose content (not only their name) the results depend on; their fingerprints
@@ -393,8 +391,8 @@ class RunConfig:
         return out
 
     def run_dir(self) -> str:
-        """<out>/<experiment>/<method>/<hash>/seed<k>: deterministic, no timestamps."""
-        return os.path.join(self.out, self.experiment, self.method, self.science_hash(), f"seed{self.seed}")
+        """<out>/<experiment>/<method>/<hash>/seed<k>: deterministic, no timestamps (drift.rundir.RunDir.of)."""
+        return RunDir.of(self.out, self.experiment, self.method, self.science_hash(), self.seed).path
 
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:

@@ -45,12 +45,13 @@ import time
 
 from submitit.helpers import DelayedSubmission
 
+from .rundir import RunDir, is_done
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_DIRS = ("drift", "baselines")  # what a job imports; experiments/ only builds the submission
 # Source and the committed assets it loads (the shapes world's base model and feature net: a model
 # replaced under the same path would otherwise mix two base models in one resumed run).
 CODE_PATTERNS = ("*.py", "*.json", "*.safetensors")
-LOCK, LAUNCH_LOG, JOB_MARKER = "LOCK", "launch.jsonl", "JOB.json"
 
 
 class RunLocked(RuntimeError):
@@ -110,15 +111,10 @@ def check_code(recorded: dict | None, policy: str = "refuse", root: str = ROOT) 
 # ------------------------------------------------------------------------------------------------
 # Run-directory state
 # ------------------------------------------------------------------------------------------------
-def is_done(run_dir: str) -> bool:
-    return os.path.exists(os.path.join(run_dir, "DONE")) and os.path.exists(os.path.join(run_dir, "final_eval.json"))
-
-
 def committed_step(run_dir: str) -> int | None:
     """Newest checkpoint step that has a manifest (committed), without loading it."""
-    steps = [int(os.path.basename(os.path.dirname(m))[5:])
-             for m in glob.glob(os.path.join(run_dir, "checkpoints", "step_*", "manifest.json"))]
-    return max(steps) if steps else None
+    steps = RunDir(run_dir).committed_steps()
+    return steps[-1] if steps else None
 
 
 def job_id() -> str:
@@ -133,7 +129,7 @@ class RunLock:
     """Exclusive flock on <run_dir>/LOCK for the life of a job; ``holder()`` reads who has it."""
 
     def __init__(self, run_dir: str, wait_s: float = 0.0):
-        self.path, self.wait_s, self.fd = os.path.join(run_dir, LOCK), wait_s, None
+        self.path, self.wait_s, self.fd = RunDir(run_dir).lock, wait_s, None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -169,7 +165,7 @@ class RunLock:
     @staticmethod
     def holder(run_dir: str) -> str | None:
         """The holder's text if the lock is held now, else None (probes with a non-blocking flock)."""
-        path = os.path.join(run_dir, LOCK)
+        path = RunDir(run_dir).lock
         if not os.path.exists(path):
             return None
         fd = os.open(path, os.O_RDONLY)
@@ -202,7 +198,7 @@ def mark_mlflow_run(run_dir: str, status: str, reason: str) -> None:
     """Mark the run's MLflow run (from <run_dir>/mlflow_run.json) terminated with a termination_reason tag.
 
     A later resume reopens it as RUNNING. Best effort: metrics.jsonl, not MLflow, is the record."""
-    path = os.path.join(run_dir, "mlflow_run.json")
+    path = RunDir(run_dir).mlflow_state
     if not os.path.exists(path):  # MLflow off, or it never started
         return
     try:
@@ -229,12 +225,12 @@ def _hold_hook(run_dir: str):
     if pattern and not re.search(pattern, os.path.abspath(run_dir)):
         return None
     at, max_s = int(it_s), float(os.environ.get("DRIFT_LAUNCH_HOLD_MAX_S", "300"))
-    release = os.path.join(run_dir, "RELEASE")
+    release = RunDir(run_dir).release
 
     def hook(phase: str, iteration: int) -> None:
         if phase != "sampling" or iteration != at or os.path.exists(release):
             return
-        with open(os.path.join(run_dir, "HELD"), "w") as f:
+        with open(RunDir(run_dir).held, "w") as f:
             f.write(job_id())
         print(f"[launch] holding at iteration {iteration} until {release} exists", flush=True)
         t = time.time()
@@ -296,7 +292,7 @@ class RunJob:
                    "pid": os.getpid(), "resume_from": committed_step(run_dir),
                    "code_hash": (self.code or {}).get("code_hash"), "git_sha": (self.code or {}).get("git_sha"),
                    "processes": dist.world_size()}
-            dist.on_main(lambda: _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), row))
+            dist.on_main(lambda: _append_jsonl(RunDir(run_dir).launch_log, row))
             print(f"[launch] {row['job_id']} start (restart {row['restart_count']}, committed checkpoint: "
                   f"{row['resume_from']}) {run_dir}", flush=True)
             t = time.time()
@@ -313,7 +309,7 @@ class RunJob:
                 raise
             done = {"event": "done", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "job_id": job_id(),
                     "seconds": round(time.time() - t, 1)}
-            dist.on_main(lambda: _append_jsonl(os.path.join(run_dir, LAUNCH_LOG), done))
+            dist.on_main(lambda: _append_jsonl(RunDir(run_dir).launch_log, done))
         finally:
             lock.release()
         print(f"[launch] done in {time.time() - t:.0f} s: {run_dir}", flush=True)

@@ -26,6 +26,8 @@ import random
 import time
 import warnings
 
+from .rundir import RunDir, read_jsonl
+
 RETRIES = {"count": 0}
 """Retries of MLflow calls in this process (a transient failure that a later try got through)."""
 
@@ -123,8 +125,8 @@ class Tracker:
 
     def __init__(self, run_dir: str, uri: str, experiment: str, run_name: str, params: dict, artifact_root: str,
                  resume_step: int | None = None, tags: dict | None = None):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.state_path = os.path.join(run_dir, "mlflow_run.json")
+        self.rundir = RunDir(run_dir)
+        self.path, self.state_path = self.rundir.metrics, self.rundir.mlflow_state
         self.uri = uri
         if resume_step is not None:
             self._truncate(resume_step)
@@ -184,13 +186,12 @@ class Tracker:
 
     def last_step(self) -> int:
         """The last step present in metrics.jsonl (-1 if none)."""
-        rows = _read_rows(self.path)
-        return rows[-1]["step"] if rows else -1
+        return self.rundir.last_step()
 
     def _truncate(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
-        rows = [json.dumps(r) + "\n" for r in _read_rows(self.path) if r["step"] <= step]
+        rows = [json.dumps(r) + "\n" for r in read_jsonl(self.path, decode=False) if r["step"] <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(rows)
@@ -229,30 +230,3 @@ class Tracker:
         if self.client is not None:
             _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
 
-
-def _read_rows(path: str) -> list[dict]:
-    """JSON rows of a metrics.jsonl. A torn last line (a crash mid-write) is dropped with a warning;
-    a malformed line elsewhere raises, naming the file and line."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
-    rows = []
-    for i, ln in enumerate(lines):
-        try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): {ln[:80]!r}")
-                break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
-    return rows
-
-
-def read_metrics(run_dir: str) -> list[dict]:
-    """Rows of a run's metrics.jsonl ('nan'/'inf' strings back to floats); a torn last line is dropped."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no metrics (the run never logged a step)")
-    return [{k: (float(v) if isinstance(v, str) else v) for k, v in r.items()}
-            for r in _read_rows(path)]

@@ -31,6 +31,7 @@ from .config import ConfigError, RunConfig, diff_configs, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
 from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
+from .rundir import NON_SCIENCE_KEYS, RunDir
 from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob
 from .tracking import Tracker
@@ -127,14 +128,14 @@ def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, l
     or a changed model/feature-net content (``model_fingerprint``) with a readable diff."""
     run_dir = cfg.run_dir()
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "config.json")
+    path = RunDir(run_dir).config
     new = cfg.to_dict()
     new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
     changes: list[str] = []
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        changes = [c for c in diff_configs(old, new) if not c.startswith(("out:", "tracking_uri:", "threads:"))]
+        changes = [c for c in diff_configs(old, new) if c.split(":")[0] not in NON_SCIENCE_KEYS]
         if changes and not allow_changes:
             raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
                               + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
@@ -204,9 +205,9 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     dist.init()  # a no-op unless launched with several processes (torchrun, accelerate launch, Slurm tasks)
     bp = batch_plan(cfg, dist.world_size())  # ConfigError naming the field before anything is written
     run_dir, changes = dist.on_main(lambda: prepare_run_dir(cfg, allow_changes), share=True)
-    done_path = os.path.join(run_dir, "DONE")
-    final_path = os.path.join(run_dir, "final_eval.json")
-    if os.path.exists(done_path) and os.path.exists(final_path):
+    rd = RunDir(run_dir)
+    done_path, final_path = rd.done, rd.final_eval
+    if rd.is_done():
         with open(final_path) as f:
             return json.load(f)
     fault = fault_hook or (lambda phase, it: None)
@@ -281,7 +282,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         ctx = ema.swapped_in() if ema else nullcontext()
         with ctx:
             m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift)
-        grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
+        grid = rd.eval_grid(step)
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         dist.on_main(lambda: save_grid(imgs[: cfg.eval.grid_prompts], grid))
         m["sys/eval_seconds"] = time.time() - t
@@ -478,9 +479,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             with open(final_path + ".tmp", "w") as f:
                 json.dump(final, f, indent=1)
             os.replace(final_path + ".tmp", final_path)
-            last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
-            first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
-            for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
+            for pth in (rd.eval_grid(0), rd.eval_grid(tc.iterations), final_path, rd.config):
                 if os.path.exists(pth):
                     tracker.log_artifact(pth)
             tracker.finish("FINISHED")
@@ -496,10 +495,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
 
 
 def _last_eval(run_dir: str) -> dict:
-    from .tracking import read_metrics
-
     first, last = {}, {}
-    for row in read_metrics(run_dir):
+    for row in RunDir(run_dir).read_metrics():
         if "eval/alignment" in row:
             ev = {k: v for k, v in row.items() if k.startswith("eval/") or k == "step"}
             first = first or ev

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from drift.config import make_config  # noqa: E402
-from drift.tracking import read_metrics  # noqa: E402
+from drift.rundir import RunDir  # noqa: E402
 
 METHODS = {"flow_grpo": [], "flow_grpo_kl": ["flow_grpo_kl.beta=1.0"]}
 KEYS = [("eval/alignment", "alignment (mean task reward)"), ("eval/diversity", "diversity (feature pairwise)"),
@@ -61,7 +61,7 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             method, seed, items, cfg = pending.pop(0)
-            log = os.path.join(cfg.run_dir(), "stdout.log")
+            log = RunDir(cfg.run_dir()).stdout_log
             os.makedirs(cfg.run_dir(), exist_ok=True)
             print(f"[collapse] start {method} seed {seed} -> {cfg.run_dir()}", flush=True)
             running.append((method, seed, cfg, subprocess.Popen([sys.executable, "-m", "drift.train", *items, "--quiet"],
@@ -90,14 +90,15 @@ def figures(jobs, out: str) -> None:
     lines = ["| method | seed | " + " | ".join(lbl for _, lbl in KEYS) + " |", "|---|---|" + "---|" * len(KEYS)]
     colours = {"flow_grpo": "tab:red", "flow_grpo_kl": "tab:blue"}
     for method, seed, _, cfg in jobs:
-        ev = [r for r in read_metrics(cfg.run_dir()) if "eval/alignment" in r]
+        rd = RunDir(cfg.run_dir())
+        ev = [r for r in rd.read_metrics() if "eval/alignment" in r]
         for ax, (key, label) in zip(axes.flat, KEYS):
             ax.plot([r["step"] for r in ev], [r[key] for r in ev], color=colours.get(method), alpha=0.8,
                     label=f"{method} s{seed}", marker="o", ms=3)
             ax.set_title(label)
             ax.set_xlabel("iteration")
         lines.append(f"| {method} | {seed} | " + " | ".join(f"{ev[0][k]:.3f} → {ev[-1][k]:.3f}" for k, _ in KEYS) + " |")
-        grids = [os.path.join(cfg.run_dir(), "samples", f"eval_{ev[i]['step']:06d}.png") for i in (0, -1)]
+        grids = [rd.eval_grid(ev[i]["step"]) for i in (0, -1)]
         ims = [Image.open(g) for g in grids]
         canvas = Image.new("RGB", (ims[0].width * 2 + 10, ims[0].height), "white")
         canvas.paste(ims[0], (0, 0))

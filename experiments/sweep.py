@@ -34,7 +34,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from drift.config import ConfigError, parse_overrides  # noqa: E402
-from drift.launch import JOB_MARKER, RunJob, RunLock, code_state, is_done  # noqa: E402
+from drift.launch import RunJob, RunLock, code_state  # noqa: E402
+from drift.rundir import NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, is_done  # noqa: E402
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
 
 SLURM_DIR = os.path.join(ROOT, "slurm")
@@ -152,22 +153,19 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def last_step(run_dir: str) -> int:
-    """Last logged step in metrics.jsonl (0 if none): the progress of a running point."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+def progress_step(run_dir: str) -> int:
+    """Last logged step in metrics.jsonl (0 if none, or if the file is unreadable: the display must not stop
+    the sweep): the progress of a running point."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 8192))
-            lines = [ln for ln in f.read().splitlines() if ln.strip()]
-        return int(json.loads(lines[-1])["step"]) if lines else 0
-    except (OSError, ValueError, KeyError, IndexError):
+        return max(0, RunDir(run_dir).last_step())
+    except (OSError, ValueError, KeyError):
         return 0
 
 
 def initial_state(p: Point, active: set[str] | None) -> dict:
     """done | running (LOCK held) | queued (its Slurm job is still active) | todo."""
     rd = p.run_dir
-    marker = _read_json(os.path.join(rd, JOB_MARKER)) or {}
+    marker = _read_json(RunDir(rd).job_marker) or {}
     if is_done(rd):
         return {"status": "done", "skipped": True, "job_id": marker.get("job_id"), "log": marker.get("log")}
     holder = RunLock.holder(rd)
@@ -206,11 +204,11 @@ class Sweep:
         for p in self.points:
             s = self.state.get(p.index, {})
             rows.append({"index": p.index, "arm": p.arm, "method": p.cfg.method, "seed": p.cfg.seed, "knobs": p.knobs,
-                         "overrides": {k: v for k, v in p.overrides.items() if k not in ("out", "tracking_uri", "threads")},
+                         "overrides": {k: v for k, v in p.overrides.items() if k not in NON_SCIENCE_KEYS},
                          "run_dir": os.path.abspath(p.run_dir), "rel_dir": os.path.relpath(p.run_dir, self.exp_dir),
                          "status": s.get("status", "todo"), "skipped": bool(s.get("skipped")),
                          "job_id": s.get("job_id"), "log": s.get("log"), "error": s.get("error")})
-        _write_json(os.path.join(self.exp_dir, "sweep.json"),
+        _write_json(os.path.join(self.exp_dir, SWEEP_INDEX),
                     {"grid": self.grid.name, "world": self.world, "experiment": self.experiment,
                      "out": os.path.dirname(self.exp_dir), "tracking_uri": self.uri, "executor": self.executor,
                      "code": {k: v for k, v in self.code.items() if k != "files"},
@@ -218,7 +216,7 @@ class Sweep:
 
     def progress(self, force: bool = False) -> None:
         done = sum(self.iters[i] for i, s in self.state.items() if s.get("status") == "done")
-        part = sum(min(last_step(p.run_dir), self.iters[p.index]) for p in self.points
+        part = sum(min(progress_step(p.run_dir), self.iters[p.index]) for p in self.points
                    if self.state.get(p.index, {}).get("status") in ("running", "started", "queued"))
         total = sum(self.iters.values())
         queued = sum(1 for i, s in self.state.items()
@@ -241,7 +239,7 @@ class Sweep:
         say(f"{self.grid.name}: {len(self.points)} points in {time.time() - self.t0:.0f} s: done {ran}, skipped "
             f"(already done) {skipped}, failed {len(failed)}, running/queued elsewhere {len(elsewhere)}, "
             f"not finished {len(notrun)}")
-        say(f"runs: {self.exp_dir}/<method>/<hash>/seed<k>   index: {os.path.join(self.exp_dir, 'sweep.json')}")
+        say(f"runs: {self.exp_dir}/<method>/<hash>/seed<k>   index: {os.path.join(self.exp_dir, SWEEP_INDEX)}")
         say("logs: " + ("<run_dir>/stdout.log" if self.executor == "local" else
                         os.path.join(self.exp_dir, ".submitit", "<job id>_0_log.{out,err}") if self.executor == "slurm"
                         else "this terminal") + (f"   MLflow: {self.uri} (experiment {self.experiment!r})"
@@ -316,14 +314,14 @@ def run_local(sw: Sweep, todo: list[Point], code_path: str, policy: str, paralle
                     sw.set(p, status="running", detail=f"running elsewhere: {holder}")
                     continue
                 os.makedirs(rd, exist_ok=True)
-                log = os.path.join(rd, "stdout.log")
+                log = RunDir(rd).stdout_log
                 logf = open(log, "a")
                 logf.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {sw.grid.name} point #{p.index}\n")
                 logf.flush()
                 cmd = [sys.executable, "-m", "drift.launch", "--overrides", json.dumps(p.overrides),
                        "--code", code_path, "--code-policy", policy]
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
-                _write_json(os.path.join(rd, JOB_MARKER), {"executor": "local", "job_id": f"local:{proc.pid}",
+                _write_json(RunDir(rd).job_marker, {"executor": "local", "job_id": f"local:{proc.pid}",
                                                            "log": log, "submitted": time.time()})
                 running[p.index] = (p, proc, logf, time.time())
                 sw.set(p, status="started", job_id=f"local:{proc.pid}", log=log)
@@ -392,7 +390,7 @@ def run_slurm(sw: Sweep, todo: list[Point], code: dict, policy: str, prof: Slurm
     live = {}
     for p, j in zip(todo, jobs):
         log = str(j.paths.stdout)
-        _write_json(os.path.join(p.run_dir, JOB_MARKER), {"executor": "slurm", "job_id": j.job_id, "log": log,
+        _write_json(RunDir(p.run_dir).job_marker, {"executor": "slurm", "job_id": j.job_id, "log": log,
                                                            "submitted": time.time(), "folder": folder})
         sw.set(p, status="submitted", job_id=j.job_id, log=log)
         live[p.index] = (p, j)
@@ -562,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(code_path), exist_ok=True)
     _write_json(code_path, code)
     sw = Sweep(grid, world, experiment, exp_dir, points, executor, uri, code, args.poll)
-    active = active_slurm_jobs() if any(os.path.exists(os.path.join(p.run_dir, JOB_MARKER)) for p in points) else set()
+    active = active_slurm_jobs() if any(os.path.exists(RunDir(p.run_dir).job_marker) for p in points) else set()
     for p in points:
         sw.set(p, **initial_state(p, active))
     todo = [p for p in points if sw.state[p.index]["status"] == "todo" and (not only or p.index in only)]

@@ -56,7 +56,7 @@ def run(o: dict, **kw):
 
 
 def rows(run_dir: str) -> list[dict]:
-    from drift.tracking import read_metrics
+    from drift.rundir import read_metrics
 
     return read_metrics(run_dir)
 

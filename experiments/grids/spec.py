@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from drift.config import ConfigError, RunConfig, make_config
+from drift.rundir import NON_SCIENCE_KEYS
 
-# Keys the sweep sets itself; a grid or --set must not.
-RESERVED = ("experiment", "out", "tracking_uri", "threads", "seed")
+RESERVED = NON_SCIENCE_KEYS
+"""Keys the sweep sets itself (the seed through Grid.seeds); a grid or --set must not."""
 
 
 class GridError(ValueError):

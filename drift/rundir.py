@@ -1,0 +1,170 @@
+"""The run directory: the files a run leaves on disk, the one reader of its metrics, and its name.
+
+These files are the interface between training (drift.train, drift.launch, drift.tracking,
+drift.checkpoint), the sweep (experiments/) and the analysis (analysis/): each file's name is written
+here and only here. This module imports neither torch nor MLflow, so analysis/ and the sweep can use it
+cheaply. docs/run_directory.md describes every file, who writes it and who reads it.
+
+    <out>/<experiment>/<method>/<science hash>/seed<k>/     RunDir.path  (RunDir.of(...))
+        config.json          the resolved config + model_fingerprint (drift.train.prepare_run_dir)
+        metrics.jsonl        one JSON row per logged step (drift.tracking.Tracker)
+        mlflow_run.json      MLflow run id, last pushed step, push in flight (drift.tracking.Tracker)
+        samples/eval_NNNNNN.png  evaluation grid at step N (drift.train)
+        checkpoints/step_NNNNNN/ a committed checkpoint: its manifest.json is written last (drift.checkpoint)
+        final_eval.json      first and last evaluation rows (drift.train, at the end)
+        DONE                 written last: the run finished (drift.train)
+        LOCK                 flock held while a job trains; its text names the holder (drift.launch)
+        launch.jsonl         one row per job start / finish (drift.launch)
+        JOB.json             the executor and job id that last launched the point (experiments/sweep.py)
+        stdout.log           the local executor's log of the point (experiments/sweep.py, collapse.py)
+        HELD, RELEASE        the DRIFT_LAUNCH_HOLD test hook's handshake (drift.launch)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+
+NON_SCIENCE_KEYS = ("seed", "out", "tracking_uri", "experiment", "threads")
+"""Top-level config keys that do not change what a run computes: the seed (a run directory's last level,
+not its hash), where outputs go, and the thread count. They are left out of ``science_hash``; a run
+directory accepts a resume that changes only them; a sweep sets them itself (a grid may not); analysis
+leaves them out of a run's compared settings."""
+
+FINGERPRINT = "model_fingerprint"
+"""config.json's record of the input files' content (a resume check, not part of the run's identity)."""
+
+SWEEP_INDEX = "sweep.json"
+"""The experiment folder's index of a sweep's points (<out>/<experiment>/sweep.json), read by analysis/."""
+
+
+def science_hash(config: dict) -> str:
+    """The run's config hash, the run directory's fourth level: the first 10 hex digits of
+    sha256(json.dumps(config without NON_SCIENCE_KEYS and model_fingerprint, sort_keys=True, default=str)).
+
+    ``config`` is ``RunConfig.to_dict()`` or a run directory's config.json (the same, plus the fingerprint);
+    analysis/ also applies it to an MLflow run's flat string params (a different value, stable per config)."""
+    d = {k: v for k, v in config.items() if k not in NON_SCIENCE_KEYS and k != FINGERPRINT}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def read_jsonl(path: str, decode: bool = True) -> list[dict]:
+    """The rows of a JSON-lines file of a run (metrics.jsonl, launch.jsonl): the one reader. Blank lines are
+    skipped. A torn last line (a crash while writing it) is dropped with a warning; a malformed line
+    elsewhere raises ValueError naming the file and the line. With ``decode`` (metrics only) the 'nan' /
+    'inf' / '-inf' strings (how non-finite values are written) become floats; without it the rows are
+    returned as written (to rewrite them unchanged). FileNotFoundError if the file is absent."""
+    with open(path) as f:
+        lines = [(i + 1, ln) for i, ln in enumerate(f) if ln.strip()]
+    rows = []
+    for j, (lineno, ln) in enumerate(lines):
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError as e:
+            if j == len(lines) - 1:
+                warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): {ln[:80]!r}")
+                break
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e})") from None
+        rows.append({k: (float(v) if isinstance(v, str) else v) for k, v in row.items()} if decode else row)
+    return rows
+
+
+class RunDir:
+    """One run directory: the path of each of its files, and what can be read from them without torch."""
+
+    CONFIG, METRICS, MLFLOW_STATE = "config.json", "metrics.jsonl", "mlflow_run.json"
+    FINAL_EVAL, DONE = "final_eval.json", "DONE"
+    SAMPLES, CHECKPOINTS, CHECKPOINT_PREFIX, MANIFEST = "samples", "checkpoints", "step_", "manifest.json"
+    LOCK, LAUNCH_LOG, JOB_MARKER, STDOUT_LOG = "LOCK", "launch.jsonl", "JOB.json", "stdout.log"
+    HELD, RELEASE = "HELD", "RELEASE"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+
+    @classmethod
+    def of(cls, out: str, experiment: str, method: str, config_hash: str, seed: int) -> "RunDir":
+        """<out>/<experiment>/<method>/<config hash>/seed<k>: deterministic, no timestamps."""
+        return cls(os.path.join(out, experiment, method, config_hash, f"seed{seed}"))
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # ---- the files --------------------------------------------------------------------------------
+    config = property(lambda self: self.file(self.CONFIG), doc="config.json: the resolved config + model_fingerprint")
+    metrics = property(lambda self: self.file(self.METRICS), doc="metrics.jsonl: one row per logged step")
+    mlflow_state = property(lambda self: self.file(self.MLFLOW_STATE), doc="mlflow_run.json: the Tracker's state")
+    final_eval = property(lambda self: self.file(self.FINAL_EVAL), doc="final_eval.json: first and last eval rows")
+    done = property(lambda self: self.file(self.DONE), doc="DONE: written last when the run finished")
+    samples = property(lambda self: self.file(self.SAMPLES), doc="samples/: the evaluation grids")
+    checkpoints = property(lambda self: self.file(self.CHECKPOINTS), doc="checkpoints/: step_NNNNNN folders")
+    lock = property(lambda self: self.file(self.LOCK), doc="LOCK: flock held while a job trains")
+    launch_log = property(lambda self: self.file(self.LAUNCH_LOG), doc="launch.jsonl: job starts and finishes")
+    job_marker = property(lambda self: self.file(self.JOB_MARKER), doc="JOB.json: the job that last launched it")
+    stdout_log = property(lambda self: self.file(self.STDOUT_LOG), doc="stdout.log: the local executor's log")
+    held = property(lambda self: self.file(self.HELD), doc="HELD: the hold test hook is waiting")
+    release = property(lambda self: self.file(self.RELEASE), doc="RELEASE: lets a held run go on")
+
+    def eval_grid(self, step: int) -> str:
+        """samples/eval_NNNNNN.png: the evaluation image grid at ``step``."""
+        return os.path.join(self.samples, f"eval_{step:06d}.png")
+
+    @classmethod
+    def checkpoint_name(cls, step: int) -> str:
+        """step_NNNNNN: the name of a checkpoint folder (sorts by step)."""
+        return f"{cls.CHECKPOINT_PREFIX}{step:06d}"
+
+    def checkpoint(self, step: int) -> str:
+        """checkpoints/step_NNNNNN: the checkpoint folder of ``step``."""
+        return os.path.join(self.checkpoints, self.checkpoint_name(step))
+
+    # ---- what can be read -------------------------------------------------------------------------
+    def is_done(self) -> bool:
+        """The run finished: DONE and final_eval.json exist (a sweep skips it, a rerun returns at once)."""
+        return os.path.exists(self.done) and os.path.exists(self.final_eval)
+
+    def read_config(self) -> dict:
+        """config.json as a dict (OSError / json.JSONDecodeError if missing or unreadable)."""
+        with open(self.config) as f:
+            return json.load(f)
+
+    def read_metrics(self, decode: bool = True) -> list[dict]:
+        """metrics.jsonl's rows (``read_jsonl``); FileNotFoundError naming the file if the run never logged."""
+        if not os.path.exists(self.metrics):
+            raise FileNotFoundError(f"{self.metrics}: no metrics (the run never logged a step)")
+        return read_jsonl(self.metrics, decode)
+
+    def last_step(self) -> int:
+        """The last step in metrics.jsonl (a torn last line does not count); -1 if it holds none."""
+        rows = read_jsonl(self.metrics, decode=False) if os.path.exists(self.metrics) else []
+        return int(rows[-1]["step"]) if rows else -1
+
+    def committed_steps(self) -> list[int]:
+        """Steps of the committed checkpoints (those with a manifest), oldest first, without loading them."""
+        if not os.path.isdir(self.checkpoints):
+            return []
+        pre = self.CHECKPOINT_PREFIX
+        return sorted(int(d[len(pre):]) for d in os.listdir(self.checkpoints)
+                      if d.startswith(pre) and os.path.exists(os.path.join(self.checkpoints, d, self.MANIFEST)))
+
+
+def is_done(run_dir: str | os.PathLike) -> bool:
+    """``RunDir(run_dir).is_done()``."""
+    return RunDir(run_dir).is_done()
+
+
+def last_step(run_dir: str | os.PathLike) -> int:
+    """``RunDir(run_dir).last_step()``."""
+    return RunDir(run_dir).last_step()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """``RunDir(run_dir).read_metrics()``: the rows of a run's metrics.jsonl, non-finite values as floats."""
+    return RunDir(run_dir).read_metrics()
