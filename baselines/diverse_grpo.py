@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from drift.config import check
+from drift.contract import Hooks, MethodSpec, RegInput, ShapeInput
 from drift.diversity import pairwise_distance
-from drift.methods import Hooks, MethodSpec, RegInput, ShapeInput
+from drift.errors import check
 
 
 @dataclass

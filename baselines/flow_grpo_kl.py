@@ -10,8 +10,8 @@ and 0.01 (PickScore) on SD3.5-M.
 
 from dataclasses import dataclass
 
-from drift.config import check
-from drift.methods import Hooks, MethodSpec, kl_regulariser
+from drift.contract import Hooks, MethodSpec, kl_regulariser
+from drift.errors import check
 
 
 @dataclass

@@ -111,7 +111,8 @@ class BareCompute:
     """
 
     def __init__(self, cfg):
-        from .methods import Cond, method_spec
+        from .contract import method_spec
+        from .worlds.types import Cond
         from .worlds import make_world
 
         self.hooks = hooks = method_spec(cfg.method).build(cfg.options)
@@ -245,7 +246,7 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     breakdown = {k: _median([i[k] for i in plain]) for k in keys}
     bare = bare.summary()
     S = cfg.sample
-    from .methods import method_spec
+    from .contract import method_spec
 
     K = method_spec(cfg.method).build(cfg.options).oversample * S.group_size
     res = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .methods import Cond
+from .worlds.types import Cond
 from .sde import sde_step_with_logprob, x0_from_v
 
 

@@ -27,10 +27,10 @@ from tqdm import tqdm
 from . import distributed as dist
 from .advantages import group_advantages, ppo_clip_loss
 from .checkpoint import load_latest, save_checkpoint, sha256_file
-from .config import ConfigError, RunConfig, diff_configs, make_config
+from .config import ConfigError, RunConfig, diff_configs, help_text, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
-from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
+from .contract import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob
 from .tracking import Tracker
@@ -528,49 +528,6 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_main():
         print(json.dumps(final["final"], indent=1))
     return 0
-
-
-def help_text() -> str:
-    """Every config field with its docstring, grouped by section."""
-    import ast
-    import dataclasses
-    import inspect
-
-    from . import config as C
-    from .methods import METHODS
-
-    def docs(cls) -> dict[str, str]:
-        src = inspect.getsource(cls)
-        tree = ast.parse(src.strip() if not src.startswith(" ") else "if 1:\n" + src)
-        out, body = {}, None
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef):
-                body = node.body
-                break
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
-                out[a.target.id] = " ".join(str(b.value.value).split())
-        return out
-
-    lines = ["", "Overrides are key=value. Keys and defaults:"]
-    for sec, cls in [("", C.RunConfig), ("model.", C.ModelConfig), ("reward.", C.RewardConfig),
-                     ("sample.", C.SampleConfig), ("train.", C.TrainConfig), ("eval.", C.EvalConfig),
-                     ("sd3.", C.SD3Config)]:
-        d = docs(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in ("model", "reward", "sample", "train", "eval", "sd3", "options"):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {sec}{f.name}={default!r}\n      {d.get(f.name, '')}")
-    lines.append("\nMethods (their options are '<method>.<field>=value'):")
-    for name in sorted(METHODS):
-        spec = method_spec(name)
-        lines.append(f"  method={name}: {spec.summary}")
-        d = docs(spec.options_cls)
-        for f in dataclasses.fields(spec.options_cls):
-            lines.append(f"      {name}.{f.name}={f.default!r}  {d.get(f.name, '')}")
-    lines.append("\nFlags: --allow-resume-with-changes, --quiet")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def check_available(cfg) -> None:
     if cfg.model.world not in AVAILABLE:
         raise NotImplementedError(f"model.world={cfg.model.world!r}: this backend is not built yet (the real-model path "
                                   f"is an open issue); worlds that run: {list(AVAILABLE)}")
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     for field, rels in REQUIRED_FILES.get(cfg.model.world, {}).items():
         folder = getattr(cfg.model, field.split(".", 1)[1])

@@ -36,7 +36,7 @@ from collections import OrderedDict
 import torch
 
 from ...config import ConfigError, RunConfig
-from ...methods import Cond
+from ..types import Cond
 from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from ...prompts import load_prompt_splits

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ...methods import Cond
+from ..types import Cond
 from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from . import world

@@ -28,8 +28,8 @@ import torch
 
 from .components import prompting, shaping, subset
 from .components.schedules import SCHEDULES, schedule_factor
-from .config import check
-from .methods import Hooks, MethodSpec, SelectInput, ShapeInput, VaryInput, kl_regulariser, select_all, shape_none, vary_identity
+from .contract import Hooks, MethodSpec, SelectInput, ShapeInput, VaryInput, kl_regulariser, select_all, shape_none, vary_identity
+from .errors import check
 
 
 @dataclass

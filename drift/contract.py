@@ -27,29 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .sde import kl_gaussian_same_std
-
-
-@dataclass
-class Cond:
-    """Text conditioning: token states (B, L, D) and pooled embedding (B, P)."""
-
-    hidden: torch.Tensor
-    pooled: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.hidden.shape[0]
-
-    def index(self, idx) -> "Cond":
-        return Cond(self.hidden[idx], self.pooled[idx])
-
-    def repeat_interleave(self, k: int) -> "Cond":
-        return Cond(self.hidden.repeat_interleave(k, 0), self.pooled.repeat_interleave(k, 0))
-
-    @staticmethod
-    def cat(items: list["Cond"]) -> "Cond":
-        return Cond(torch.cat([c.hidden for c in items]), torch.cat([c.pooled for c in items]))
+from .worlds.types import Cond
 
 
 @dataclass
@@ -156,7 +136,7 @@ METHODS: dict[str, str] = {
     "flow_grpo": "baselines.flow_grpo",
     "flow_grpo_kl": "baselines.flow_grpo_kl",
     "diverse_grpo": "baselines.diverse_grpo",
-    "drift": "drift.method",
+    "drift": "drift.drift_method",
 }
 
 
@@ -168,5 +148,5 @@ def method_spec(name: str) -> MethodSpec:
     return spec
 
 
-__all__ = ["Cond", "VaryInput", "SelectInput", "ShapeInput", "RegInput", "Hooks", "MethodSpec", "NoOptions",
+__all__ = ["VaryInput", "SelectInput", "ShapeInput", "RegInput", "Hooks", "MethodSpec", "NoOptions",
            "METHODS", "method_spec", "kl_regulariser"]
