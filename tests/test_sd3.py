@@ -125,7 +125,7 @@ def test_resume_after_crash_is_exact(models, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train(cfg, progress=False, fault_hook=crash)
+        train(cfg, progress=False, on_phase=crash)
     assert not os.path.exists(os.path.join(cfg.run_dir(), "DONE"))
     train(cfg, progress=False)
     strip = lambda rs: [{k: v for k, v in x.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for x in rs]  # noqa: E731
