@@ -26,7 +26,7 @@ class Options:
 
 
 def build(options: Options) -> Hooks:
-    return Hooks(regulariser=kl_regulariser(options.beta, options.exact), needs_reference=True)
+    return Hooks(regulariser=kl_regulariser(options.beta, options.exact))
 
 
 SPEC = MethodSpec(name="flow_grpo_kl", options_cls=Options, build=build,

@@ -165,7 +165,7 @@ class BareCompute:
     def reference(self):
         if self.hooks.needs_reference:
             with torch.no_grad(), self.world.reference():
-                for _ in range(self.n_train * self.n_mb):
+                for _ in range(self.hooks.reference_steps(self.n_train) * self.n_mb):
                     self.world.velocity(self.x_t, self.sigma, self.both_t)
 
     def reward(self):

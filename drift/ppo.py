@@ -48,27 +48,31 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
     t_fwd = t_bwd = t_opt = 0.0
     B, mb = bp.trajectories_per_rank, bp.micro_batch
     logs: dict[str, list[float]] = {}
-    n_acc = 0
+    n_acc, reg = 0, hooks.regulariser
     state.opt.zero_grad(set_to_none=True)
     for j in range(n_train):
         adv_j = adv if adv.ndim == 1 else adv[:, j]
+        cond_j = hooks.step_cond(cond, j, T)  # as at sampling time (drift.sampling.sample_trajectories)
         for s0 in range(0, B, mb):
             sl = slice(s0, s0 + mb)
             x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
-            c, u = cond.index(sl), uncond.index(sl)
+            c, u = cond_j.index(sl), uncond.index(sl)
             out = policy_step(world, x_j, x_next, j, sigmas, c, u, S)
             policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
             loss = policy
-            if hooks.regulariser is not None:
+            if reg is not None and reg.active(j):
                 mean_ref = None
-                if hooks.needs_reference:
+                if reg.needs_reference:
                     with torch.no_grad(), world.reference():
                         mean_ref = policy_step(world, x_j, x_next, j, sigmas, c, u, S).mean
                 n = x_j.shape[0]
-                reg, rm = hooks.regulariser(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
-                                                     (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
-                loss = loss + reg
+                term, rm = reg.fn(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
+                                           (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
+                loss = loss + term
                 for k2, v2 in rm.items():
+                    if k2 not in reg.metrics:
+                        raise ValueError(f"the regulariser returned metric {k2!r}, which its Regulariser.metrics "
+                                         f"{reg.metrics} does not declare (declared ones are averaged over processes)")
                     logs.setdefault(k2, []).append(v2)
             loss = loss.mean() * (x_j.shape[0] / bp.trajectories) / tc.steps_per_update  # global batch
             on_phase("backward", it)

@@ -25,12 +25,11 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as dist
-from .advantages import group_advantages
 from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import ConfigError, RunConfig, diff_configs, help_text, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
-from .contract import SelectInput, ShapeInput, VaryInput, method_spec
+from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .ppo import ppo_update
 from .sampling import sample_trajectories
 from .state import TrainState
@@ -105,17 +104,6 @@ def batch_plan(cfg: RunConfig, world: int) -> "dist.BatchPlan":
     oversample = method_spec(cfg.method).build(cfg.options).oversample
     return dist.plan(cfg.sample.groups_per_iter, cfg.sample.group_size, oversample,
                      tc.micro_batch, min(int(T * tc.timestep_fraction), T - 1), tc.steps_per_update, world)
-
-
-def _rank_reduction(key: str) -> str | None:
-    """How a metric computed on one rank's share is combined over ranks: the loss diagnostics
-    (per-rank means over equal shares) by their mean, timings by their max; everything else is
-    computed from gathered global tensors and is already identical on every rank."""
-    if key.startswith("loss/"):
-        return "mean"
-    if key.startswith("sys/") and key.endswith("_seconds"):
-        return "max"
-    return None
 
 
 def code_files() -> dict[str, str]:
@@ -220,7 +208,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             with torch.no_grad():
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, state.g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features,
-                                           draw_eps=dist.sliced_randn(state.g_sample, rows, bp.images))
+                                           draw_eps=dist.sliced_randn(state.g_sample, rows, bp.images),
+                                           step_cond=hooks.step_cond)
             m["sys/sample_seconds"] = sw.lap()
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method), features
@@ -234,6 +223,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             flat = (torch.arange(Pl).view(-1, 1) * K + idx[grp]).flatten()  # this rank's kept samples
             traj, cond, uncond = traj.index(flat), cond.index(flat), uncond.index(flat)
             r_kept = r_all.gather(1, idx)
+            kept_heads = {k: v.float().view(P, K).gather(1, idx) for k, v in heads.items() if k != "reward"}
             m["reward/kept_mean"] = float(torch.nanmean(r_kept))
             m["sys/reward_seconds"] = sw.lap()
             feats = dist.gather_rows(world.features.embed(traj.images).view(Pl, G, -1))
@@ -247,9 +237,10 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             # ALGO 3: reward shaping (method) and group-relative advantages
             # ============================================================================================
             on_phase("advantage", it)
-            shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, T, it, tc.iterations))
+            shaped, hm = hooks.shape_rewards(ShapeInput(r_kept, feats, step_feats, T, it, tc.iterations, kept_heads))
             m.update(hm)
-            adv, am = group_advantages(shaped, tc.std_eps, tc.global_std, clip=tc.adv_clip)
+            adv, am = hooks.advantages(AdvInput(shaped, r_kept, r_all, idx, feats, kept_heads, tc.std_eps, tc.global_std,
+                                                tc.adv_clip, it, tc.iterations))
             m.update(am)
             adv = adv[grp].flatten(0, 1).to(world.device)  # this rank's groups: (B,) or (B, T); rewards live on the CPU
             m["sys/advantage_seconds"] = sw.lap()
@@ -265,7 +256,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             if step % cfg.eval.every == 0 or step == tc.iterations:
                 m.update(eval_set.run(world, state.ema, run_dir, step))
             m["sys/iter_seconds"] = time.time() - t_iter
-            m = dist.reduce_metrics(m, _rank_reduction)  # loss/*: mean over ranks, sys/*_seconds: max
+            m = dist.reduce_metrics(m, hooks.reduction)  # the per-rank metrics the contract declares
             if step % cfg.checkpoint_every == 0 or step == tc.iterations:
                 sw.lap()
                 _save(state, m, tracker, cfg, run_dir, on_phase)
