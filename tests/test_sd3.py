@@ -426,3 +426,9 @@ def test_prompt_file_edited_in_place_is_refused_on_resume(models, tmp_path):
     pf.write_text("a red cat\na blue dog\na green bird\na bowl on a table\n")
     with pytest.raises(ConfigError, match=r"model_fingerprint\.prompts"):
         prepare_run_dir(cfg)
+
+
+def test_sd3_world_fulfils_the_contract(models, tmp_path):
+    from test_world_contract import check_world_contract
+
+    check_world_contract(world_of(models, tmp_path), "sd3")
