@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from drift.config import check
+from drift.contract import Hooks, MethodSpec, RegInput, Regulariser, ShapeInput
 from drift.diversity import pairwise_distance
-from drift.methods import Hooks, MethodSpec, RegInput, ShapeInput
+from drift.errors import check
 
 
 @dataclass
@@ -97,13 +97,12 @@ def build(o: Options) -> Hooks:
         bonus, k_mean = creativity_bonus(inp.features, o.k, o.sigma)
         return inp.rewards + o.beta * bonus, {"diverse/bonus_mean": float(bonus.mean()), "diverse/clusters": k_mean}
 
-    def sa_reg(inp: RegInput):
-        if inp.step_index >= o.sa_steps:
-            return torch.zeros_like(inp.std), {}
+    def sa_reg(inp: RegInput):  # called on the first K = sa_steps trained steps only (Regulariser.steps)
         sq = ((inp.mean_theta.float() - inp.mean_ref.float()) ** 2).mean(dim=tuple(range(1, inp.mean_theta.ndim)))
         return o.sa_coef * sq, {"loss/sa_reg": float(sq.detach().mean())}
 
-    return Hooks(shape_rewards=shape, regulariser=sa_reg if o.sa_coef > 0 else None, needs_reference=o.sa_coef > 0)
+    reg = Regulariser(sa_reg, needs_reference=True, steps=o.sa_steps, metrics=("loss/sa_reg",))
+    return Hooks(shape_rewards=shape, regulariser=reg if o.sa_coef > 0 else None)
 
 
 SPEC = MethodSpec(name="diverse_grpo", options_cls=Options, build=build,

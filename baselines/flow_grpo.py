@@ -5,7 +5,7 @@ default: no prompt variation, no oversampling or subset selection, no reward sha
 regulariser (so the reference forward is skipped).
 """
 
-from drift.methods import Hooks, MethodSpec, NoOptions
+from drift.contract import Hooks, MethodSpec, NoOptions
 
 
 def build(options: NoOptions) -> Hooks:

@@ -10,8 +10,8 @@ and 0.01 (PickScore) on SD3.5-M.
 
 from dataclasses import dataclass
 
-from drift.config import check
-from drift.methods import Hooks, MethodSpec, kl_regulariser
+from drift.contract import Hooks, MethodSpec, kl_regulariser
+from drift.errors import check
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Options:
 
 
 def build(options: Options) -> Hooks:
-    return Hooks(regulariser=kl_regulariser(options.beta, options.exact), needs_reference=True)
+    return Hooks(regulariser=kl_regulariser(options.beta, options.exact))
 
 
 SPEC = MethodSpec(name="flow_grpo_kl", options_cls=Options, build=build,

@@ -10,7 +10,7 @@ One process, one run:
    time logging and to stamp the wall clock, so an iteration's wall time is the time between two log calls
    (everything included: sampling ... checkpoint, logging).
 2. Bare compute, in the same process on a second copy of the world (same model, same shapes),
-   measured once between every two iterations (the run's fault hook calls it; its time is taken out of
+   measured once between every two iterations (the run's on_phase callback calls it; its time is taken out of
    the iteration's wall time), so both see the same machine load: the generator forwards of
    sampling (T steps of the CFG-doubled batch, no grad), the decoder (VAE; identity-like for shapes),
    the forward + backward passes of training
@@ -111,7 +111,8 @@ class BareCompute:
     """
 
     def __init__(self, cfg):
-        from .methods import Cond, method_spec
+        from .contract import method_spec
+        from .worlds.types import Cond
         from .worlds import make_world
 
         self.hooks = hooks = method_spec(cfg.method).build(cfg.options)
@@ -164,7 +165,7 @@ class BareCompute:
     def reference(self):
         if self.hooks.needs_reference:
             with torch.no_grad(), self.world.reference():
-                for _ in range(self.n_train * self.n_mb):
+                for _ in range(self.hooks.reference_steps(self.n_train) * self.n_mb):
                     self.world.velocity(self.x_t, self.sigma, self.both_t)
 
     def reward(self):
@@ -221,13 +222,13 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     bare = BareCompute(cfg)
     hook_seconds: dict[int, float] = {}
 
-    def between_iterations(phase: str, it: int) -> None:  # train()'s fault hook, called at each phase start
+    def between_iterations(phase: str, it: int) -> None:  # train()'s on_phase callback, called at each phase start
         if phase == "log":
             hook_seconds[it + 1] = bare.measure()
 
     t0 = time.perf_counter()
     with _LogTimer() as lt:
-        train(cfg, progress=progress, fault_hook=between_iterations)
+        train(cfg, progress=progress, on_phase=between_iterations)
     total = time.perf_counter() - t0 - sum(hook_seconds.values())
     rows = {r["step"]: r for r in read_metrics(cfg.run_dir())}
     n = cfg.train.iterations
@@ -245,7 +246,7 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     breakdown = {k: _median([i[k] for i in plain]) for k in keys}
     bare = bare.summary()
     S = cfg.sample
-    from .methods import method_spec
+    from .contract import method_spec
 
     K = method_spec(cfg.method).build(cfg.options).oversample * S.group_size
     res = {

@@ -15,10 +15,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import METHODS, method_spec
+from .errors import ConfigError, check
+from .errors import fail as _fail
+from .prompts import REPO_ROOT, resolve_path  # noqa: F401  (REPO_ROOT: re-exported)
 from .rundir import RunDir, science_hash
 
 SHAPES_ASSETS = os.path.join(os.path.dirname(__file__), "worlds", "shapes", "assets")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORLD_DEFAULTS: dict[str, dict[str, str]] = {
     "shapes": {"path": os.path.join(SHAPES_ASSETS, "base"), "features": os.path.join(SHAPES_ASSETS, "features")},
@@ -30,19 +33,6 @@ config.json and the config hash hold the resolved value)."""
 SD3_FEATURES = ("dreamsim", "clip", "dino")  # = drift.worlds.sd3.features.FEATURES (kept here: no torch import)
 SD3_REWARDS = ("pickscore", "hpsv21", "clipscore", "aesthetic", "jpeg")  # = drift.worlds.sd3.rewards.REWARDS
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-class ConfigError(ValueError):
-    """A config value breaks a rule. The message names the field, the value and the rule."""
-
-
-def _fail(field_name: str, value: Any, rule: str) -> None:
-    raise ConfigError(f"{field_name}={value!r}: {rule}")
-
-
-def check(cond: bool, field_name: str, value: Any, rule: str) -> None:
-    if not cond:
-        _fail(field_name, value, rule)
 
 
 @dataclass
@@ -315,7 +305,7 @@ WORLD_SECTIONS = {"sd3": "sd3"}
 @dataclass
 class RunConfig:
     method: str = "flow_grpo"
-    """Method preset (see drift.methods.METHODS): flow_grpo, flow_grpo_kl, ..."""
+    """Method preset (see drift.contract.METHODS): flow_grpo, flow_grpo_kl, ..."""
     seed: int = 0
     """Seed of every random stream of the run."""
     experiment: str = "default"
@@ -338,8 +328,6 @@ class RunConfig:
     """The method's own options dataclass (set from '<method>.<field>=...' overrides)."""
 
     def __post_init__(self):
-        from .methods import method_spec
-
         spec = method_spec(self.method)  # raises ConfigError naming the known methods
         if self.options is None:
             self.options = spec.options_cls()
@@ -383,8 +371,6 @@ class RunConfig:
         go into config.json (``model_fingerprint``) and a resume refuses changed content."""
         out = {"path": self.model.path, "features": self.model.features}
         if self.model.world == "sd3":
-            from .prompts import resolve_path
-
             out["prompts"] = resolve_path(self.sd3.prompts)
             if self.sd3.eval_prompts:
                 out["eval_prompts"] = resolve_path(self.sd3.eval_prompts)
@@ -489,8 +475,6 @@ def make_config(overrides: dict[str, Any] | list[str] | None = None, base: dict[
     eval, and '<method>.<field>' for the chosen method's own options. An option of another method is
     refused with a message naming both methods.
     """
-    from .methods import METHODS, method_spec
-
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     flat = {**(base or {}), **(overrides or {})}
@@ -549,3 +533,42 @@ def diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif json.dumps(va, default=str) != json.dumps(vb, default=str):
             out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
     return out
+
+
+def help_text() -> str:
+    """Every config field with its docstring, grouped by section."""
+    import ast
+    import inspect
+
+    def docs(cls) -> dict[str, str]:
+        src = inspect.getsource(cls)
+        tree = ast.parse(src.strip() if not src.startswith(" ") else "if 1:\n" + src)
+        out, body = {}, None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                body = node.body
+                break
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                out[a.target.id] = " ".join(str(b.value.value).split())
+        return out
+
+    lines = ["", "Overrides are key=value. Keys and defaults:"]
+    for sec, cls in [("", RunConfig), ("model.", ModelConfig), ("reward.", RewardConfig),
+                     ("sample.", SampleConfig), ("train.", TrainConfig), ("eval.", EvalConfig),
+                     ("sd3.", SD3Config)]:
+        d = docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("model", "reward", "sample", "train", "eval", "sd3", "options"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {sec}{f.name}={default!r}\n      {d.get(f.name, '')}")
+    lines.append("\nMethods (their options are '<method>.<field>=value'):")
+    for name in sorted(METHODS):
+        spec = method_spec(name)
+        lines.append(f"  method={name}: {spec.summary}")
+        d = docs(spec.options_cls)
+        for f in dataclasses.fields(spec.options_cls):
+            lines.append(f"      {name}.{f.name}={f.default!r}  {d.get(f.name, '')}")
+    lines.append("\nFlags: --allow-resume-with-changes, --quiet")
+    return "\n".join(lines)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as tdist
 
-from .config import ConfigError
+from .errors import ConfigError
 
 TIMEOUT_ENV = "DRIFT_DIST_TIMEOUT_MIN"  # collective timeout (minutes); default 60
 BACKEND_ENV = "DRIFT_DIST_BACKEND"  # 'nccl' or 'gloo'; default: nccl when CUDA is available, else gloo

@@ -299,7 +299,7 @@ class RunJob:
             try:
                 # code_policy warn/ignore accepts other code: also for the checkpoint's code check in train
                 final = train(cfg, progress=False, allow_changes=self.code_policy != "refuse",
-                              fault_hook=_hold_hook(run_dir))
+                              on_phase=_hold_hook(run_dir))
             except SystemExit:  # submitit's requeue exit: the run continues when the task restarts
                 raise
             except BaseException as e:  # a crash, "timed-out too many times", Ctrl-C: not left RUNNING

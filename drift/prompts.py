@@ -16,6 +16,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository root (holds prompts/); relative prompt paths resolve against it."""
+
 SPLITS = ("train", "eval")
 
 
@@ -45,8 +48,6 @@ def resolve_path(path: str, root: str | None = None) -> str:
     ``root`` (default: the repository root, which holds prompts/)."""
     if os.path.isabs(path) or os.path.exists(path):
         return os.path.abspath(path)
-    from .config import REPO_ROOT
-
     return os.path.join(root or REPO_ROOT, path)
 
 

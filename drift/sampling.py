@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .methods import Cond
+from .worlds.types import Cond
 from .sde import sde_step_with_logprob, x0_from_v
 
 
@@ -44,19 +44,21 @@ class Trajectories:
 @torch.no_grad()
 def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Tensor, sigmas: torch.Tensor,
                         noise_level: float, cfg: float, generator: torch.Generator, sde_type: str = "sde",
-                        record_x0: bool = False, draw_eps=None) -> Trajectories:
+                        record_x0: bool = False, draw_eps=None, step_cond=None) -> Trajectories:
     """Run the flow-SDE from ``noise`` along ``sigmas``, recording states and log-probs.
 
     With noise_level = 0 this is the Euler ODE (log-probs are zeros). Each step's noise comes from
     ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
-    from ``generator``.
+    from ``generator``. ``step_cond(cond, i, T)``, if given, is the conditioning of step i (the method's
+    per-step conditioning, drift.contract.Hooks.step_cond; the PPO replay applies it identically).
     """
     x = noise.to(world.device)  # noise is drawn on the CPU (seeded generators); the world may run elsewhere
     xs, lps, x0s = [x], [], []
     sigma_1 = sigmas[1]
     for i in range(len(sigmas) - 1):
         s = sigmas[i]
-        v = guided_velocity(world, x, s, cond, uncond, cfg)
+        c = cond if step_cond is None else step_cond(cond, i, len(sigmas) - 1)
+        v = guided_velocity(world, x, s, c, uncond, cfg)
         if record_x0:
             x0s.append(x0_from_v(x, v, s))
         eps = draw_eps(x.shape, x.device) if draw_eps is not None else None

@@ -167,7 +167,7 @@ def _driver(spec_path: str) -> None:
                         raise Crash(f"{p}@{it}")
 
                 try:
-                    train(cfg, progress=False, fault_hook=hook)
+                    train(cfg, progress=False, on_phase=hook)
                 except Crash as e:
                     res["crashed"] = str(e)
                 if job.get("no_resume"):

@@ -9,7 +9,7 @@ from baselines.diverse_grpo import creativity_bonus, spectral_clusters
 from drift.components import prompting, subset
 from drift.components.schedules import schedule_factor
 from drift.components.shaping import discounted_return_to_go, diversity_potential, gate_mask, potential_shaping
-from drift.methods import Cond
+from drift.worlds.types import Cond
 
 
 # -- sampling -----------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_resume_after_crash_is_exact(tmp_path, phase, at):
             raise Crash
 
     with pytest.raises(Crash):
-        train(cfg, progress=False, fault_hook=crash)
+        train(cfg, progress=False, on_phase=crash)
     train(cfg, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for r in rs]  # noqa: E731
     assert strip(rows(cfg.run_dir())) == strip(rows(ref.run_dir()))

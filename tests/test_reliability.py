@@ -203,7 +203,7 @@ def _driver(spec: dict) -> None:
         MlflowClient.log_batch = log_batch
     elif point is not None:
         raise ValueError(f"unknown kill point {point!r}")
-    train(make_config(spec["overrides"]), progress=False, fault_hook=hook)
+    train(make_config(spec["overrides"]), progress=False, on_phase=hook)
 
 
 def _serve() -> None:
@@ -498,7 +498,7 @@ def test_resume_over_a_corrupt_checkpoint_falls_back_and_stays_exact(tmp_path, r
             raise Crash
 
     with pytest.raises(Crash):
-        run(o, fault_hook=crash)
+        run(o, on_phase=crash)
     run_dir = cfg_of(o).run_dir()
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_000001", "step_000002"]
     _flip(os.path.join(run_dir, "checkpoints", "step_000002", "tensors.safetensors"))
@@ -747,7 +747,7 @@ def test_changed_config_method_or_code_is_refused_unless_allowed(tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        run(o, fault_hook=crash)
+        run(o, on_phase=crash)
     # the checkpoint records the sha256 of every drift/ source file the run imported
     folder = os.path.join(run_dir, "checkpoints", "step_000001")
     code = json.load(open(os.path.join(folder, "state.json")))["code"]
@@ -816,7 +816,7 @@ def test_nonfinite_rewards_are_excluded_counted_and_named(tmp_path, monkeypatch)
     hook = lambda phase, it: now.update(it=it) if phase == "reward" else None  # noqa: E731
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        run(o, fault_hook=hook)
+        run(o, on_phase=hook)
     msgs = [str(x.message) for x in w if "non-finite reward" in str(x.message)]
     assert msgs == [f"iteration 1: 4 non-finite reward(s) for prompt {named[0]!r}",
                     f"iteration 1: 1 non-finite reward(s) for prompt {named[1]!r}"]
@@ -856,7 +856,7 @@ def test_inf_gradient_skips_the_step_and_counts_it(tmp_path, monkeypatch):
             p.grad.view(-1)[0] = float("inf")
 
     o = over(tmp_path, train__iterations=2, checkpoint_every=1, eval__every=10, train__ema_every=1)
-    run(o, fault_hook=hook)
+    run(o, on_phase=hook)
     run_dir = cfg_of(o).run_dir()
     r = {x["step"]: x for x in rows(run_dir)}
     assert r[1]["loss/skipped_steps"] == 0 and r[2]["loss/skipped_steps"] == 3  # n_train = 3 steps each
@@ -874,7 +874,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
     o = over(tmp_path, train__iterations=3, checkpoint_every=1, eval__every=10, train__max_nonfinite_skips=2)
     with pytest.raises(RuntimeError, match=r"2 consecutive optimiser steps had a non-finite loss or gradient "
                                            r"\(iteration 1\); stopping \(train.max_nonfinite_skips\)"):
-        run(o, fault_hook=hook)
+        run(o, on_phase=hook)
     run_dir = cfg_of(o).run_dir()
     assert os.listdir(os.path.join(run_dir, "checkpoints")) == ["step_000001"]
     assert all(torch.isfinite(v).all() for v in ckpt(run_dir, 1).values() if v.is_floating_point())
@@ -890,7 +890,7 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path, monkeypatch):
 
     o = over(tmp_path, train__iterations=3, checkpoint_every=1, eval__every=10, train__max_nonfinite_skips=50)
     with pytest.raises(RuntimeError, match="refusing to checkpoint iteration 2: parameter .* is non-finite"):
-        run(o, fault_hook=hook)
+        run(o, on_phase=hook)
     assert os.listdir(os.path.join(cfg_of(o).run_dir(), "checkpoints")) == ["step_000001"]
     from drift.checkpoint import CheckpointError, save_checkpoint
 

@@ -125,7 +125,7 @@ def test_resume_after_crash_is_exact(models, tmp_path):
             raise Crash
 
     with pytest.raises(Crash):
-        train(cfg, progress=False, fault_hook=crash)
+        train(cfg, progress=False, on_phase=crash)
     assert not os.path.exists(os.path.join(cfg.run_dir(), "DONE"))
     train(cfg, progress=False)
     strip = lambda rs: [{k: v for k, v in x.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for x in rs]  # noqa: E731
@@ -426,3 +426,9 @@ def test_prompt_file_edited_in_place_is_refused_on_resume(models, tmp_path):
     pf.write_text("a red cat\na blue dog\na green bird\na bowl on a table\n")
     with pytest.raises(ConfigError, match=r"model_fingerprint\.prompts"):
         prepare_run_dir(cfg)
+
+
+def test_sd3_world_fulfils_the_contract(models, tmp_path):
+    from test_world_contract import check_world_contract
+
+    check_world_contract(world_of(models, tmp_path), "sd3")

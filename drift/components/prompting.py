@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from ..methods import Cond
+from ..worlds.types import Cond
 
 KINDS = ("none", "embed", "paraphrase", "both")
 

@@ -1,12 +1,9 @@
 """Worlds: a model plus its prompts, task reward, diversity features and world-level eval metrics.
 
-Every world object offers: ``train_prompts()``, ``eval_prompts(n)``, ``prompt_text(p)``,
-``paraphrase`` (or None), ``encode(texts) -> Cond``, ``velocity(x, sigma, cond)``, ``reference()``
-(context manager: the reference policy), ``trainable_parameters()``, ``decode(x) -> images in [0, 1]``,
-``latent_shape``, ``sigma_schedule(num_steps, shift)``, ``reward(images, prompts) -> {'reward': (B,), other heads}``, ``features.embed``,
-``eval_extras(images (P, S, ...), prompts) -> metrics``, ``transformer`` (the trained module) and
-``device`` (where latents, conditioning and velocities live; the engine draws noise on the CPU and moves it
-there). Decoded images, rewards and features are CPU tensors.
+What every world offers is the ``World`` protocol of drift/worlds/types.py (checked for each world by
+tests/test_world_contract.py): prompts, ``encode``, ``velocity``, ``reference()``, ``decode``, the
+reward heads, the feature net and eval extras. What a world can do beyond that (e.g. paraphrase its
+prompts) is declared in ``CAPABILITIES``, so config validation can ask without building the world.
 
 Worlds: ``shapes`` (drift/worlds/shapes: the embedded pixel-space model, CPU) and ``sd3`` (drift/worlds/sd3:
 diffusers SD3-family pipelines, SD3.5-Medium by default; its settings are the sd3.* config section).
@@ -17,6 +14,14 @@ import os
 BACKENDS = {"shapes": ".shapes.backend.ShapesWorld", "sd3": ".sd3.backend.SD3World"}
 """World name -> its class (imported only when that world is built)."""
 AVAILABLE = tuple(BACKENDS)
+
+CAPABILITIES: dict[str, frozenset[str]] = {"shapes": frozenset({"paraphrase"}), "sd3": frozenset()}
+"""World name -> what it offers beyond the World protocol: 'paraphrase' = ``world.paraphrase`` is not None."""
+
+
+def offers(world: str, capability: str) -> bool:
+    """Whether world ``world`` offers ``capability`` (one of the CAPABILITIES values)."""
+    return capability in CAPABILITIES.get(world, frozenset())
 
 
 # Files a world reads from its local model folders: {config field: [relative paths]}.
@@ -33,7 +38,7 @@ def check_available(cfg) -> None:
     if cfg.model.world not in AVAILABLE:
         raise NotImplementedError(f"model.world={cfg.model.world!r}: this backend is not built yet (the real-model path "
                                   f"is an open issue); worlds that run: {list(AVAILABLE)}")
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     for field, rels in REQUIRED_FILES.get(cfg.model.world, {}).items():
         folder = getattr(cfg.model, field.split(".", 1)[1])

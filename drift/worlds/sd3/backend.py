@@ -28,18 +28,21 @@ drift.worlds.sd3.features.load_features(model.features). Both are imported when 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import warnings
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 
-from ...config import ConfigError, RunConfig
-from ...methods import Cond
+from ...errors import ConfigError
+from ..types import Cond
 from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from ...prompts import load_prompt_splits
+
+if TYPE_CHECKING:
+    from ...config import RunConfig
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 SD35_MEDIUM = "stabilityai/stable-diffusion-3.5-medium"
@@ -168,22 +171,12 @@ class SD3World(TransformerPolicy):
                               f"{transformer.config.pos_embed_max_size * patch * f} px")
         self.latent_shape = (transformer.config.in_channels, side, side)
 
-        self.finetune = m.finetune
-        self._ref_copy = None
-        if m.finetune == "lora":
-            from peft import LoraConfig
-
-            transformer.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
-                                               target_modules=list(m.lora_targets)))
-        else:
-            self._ref_copy = copy.deepcopy(transformer).eval()
-            transformer.float().requires_grad_(True)
+        self.setup_finetune(transformer, m, full_dtype=torch.float32)
         for p in transformer.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # trainable weights (and so grads and AdamW state) in fp32
         if s.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
-        self.transformer = transformer
 
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.cache_stats = {"hits": 0, "misses": 0}

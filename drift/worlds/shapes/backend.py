@@ -6,12 +6,11 @@ loop never branches on the world.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 
-from ...methods import Cond
+from ..types import Cond
 from ..policy import TransformerPolicy
 from ...sde import sigma_schedule
 from . import world
@@ -47,18 +46,7 @@ class ShapesWorld(TransformerPolicy):
             p.requires_grad_(False)
         for p in transformer.parameters():
             p.requires_grad_(False)
-        self._ref_copy = None
-        if m.finetune == "lora":
-            from peft import LoraConfig
-
-            transformer.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
-                                               target_modules=list(m.lora_targets)))
-        else:
-            self._ref_copy = copy.deepcopy(transformer).eval()
-            for p in transformer.parameters():
-                p.requires_grad_(True)
-        self.finetune = m.finetune
-        self.transformer = transformer
+        self.setup_finetune(transformer, m)
         self.features = ShapesFeatures(m.features)
         self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -28,8 +28,9 @@ import torch
 
 from .components import prompting, shaping, subset
 from .components.schedules import SCHEDULES, schedule_factor
-from .config import check
-from .methods import Hooks, MethodSpec, SelectInput, ShapeInput, VaryInput, kl_regulariser, select_all, shape_none, vary_identity
+from .contract import Hooks, MethodSpec, SelectInput, ShapeInput, VaryInput, kl_regulariser, select_all, shape_none, vary_identity
+from .errors import check
+from .worlds import offers
 
 
 @dataclass
@@ -137,7 +138,6 @@ def build(o: Options) -> Hooks:
         select_subset=make_select(o) if o.subset != "none" else select_all,
         shape_rewards=make_shape(o) if o.shaping != "none" else shape_none,
         regulariser=kl_regulariser(o.beta) if o.beta > 0 else None,
-        needs_reference=o.beta > 0,
         needs_step_features=o.shaping == "per_step",
     )
 
@@ -145,8 +145,8 @@ def build(o: Options) -> Hooks:
 def validate(cfg) -> None:
     o = cfg.options
     if o.prompt in ("paraphrase", "both"):
-        check(cfg.model.world == "shapes", "drift.prompt", o.prompt,
-              "paraphrases are offered by the shapes world only; use 'embed' on other worlds")
+        check(offers(cfg.model.world, "paraphrase"), "drift.prompt", o.prompt,
+              f"model.world={cfg.model.world!r} offers no paraphrases (drift.worlds.CAPABILITIES); use 'embed'")
 
 
 SPEC = MethodSpec(name="drift", options_cls=Options, build=build, validate_fn=validate,
