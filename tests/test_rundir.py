@@ -2,7 +2,9 @@
 
 The run directory names of every committed grid point (and of the invariance configs) are recorded in
 tests/golden/run_dir_names.json, made with the code before drift/rundir.py existed (d11a0a1): a sweep
-skips finished points by these names, so they must never change by accident. Regenerate only after an
+skips finished points by these names, so they must never change by accident. The default model paths
+in a config are absolute, so the recorded hashes are taken with the checkout's path replaced by
+'<repo>' (the same names in any clone, CI's included). Regenerate only after an
 intended change of the config (and say so in the commit):
     UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_rundir.py -k golden
 """
@@ -197,6 +199,24 @@ def test_a_resume_that_changes_only_non_science_keys_is_accepted(tmp_path):
         prepare_run_dir(make_config(items + [f"out={tmp_path}"]))
 
 
+def _portable(value, root: str):
+    """``value`` with the checkout's absolute path replaced by '<repo>' (default model paths are absolute,
+    so the hash of a run directory depends on where the repository is checked out)."""
+    if isinstance(value, dict):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith(root):
+        return "<repo>" + value[len(root):]
+    return value
+
+
+def _name(cfg) -> str:
+    """method/<science hash of the config with the checkout path made portable>/seed<k>."""
+    from drift.prompts import REPO_ROOT
+
+    assert cfg.science_hash() == science_hash(cfg.to_dict())  # the run directory uses the one hash
+    return f"{cfg.method}/{science_hash(_portable(cfg.to_dict(), REPO_ROOT))}/seed{cfg.seed}"
+
+
 def _names_now() -> dict[str, str]:
     from drift.config import make_config
     from experiments.grids import expand, load, names
@@ -207,11 +227,10 @@ def _names_now() -> dict[str, str]:
         grid = load(g)
         for w in grid.worlds:
             for p in expand(grid, w, common=common):
-                out[f"{g}/{w}/#{p.index}"] = os.path.relpath(p.run_dir, "runs/x")
+                out[f"{g}/{w}/#{p.index}"] = _name(p.cfg)
     for m in ("flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift"):
-        out[f"invariance/{m}"] = os.path.relpath(make_config(INVARIANCE + [f"method={m}", "out=runs"]).run_dir(),
-                                                 "runs/default")
-    out["default"] = os.path.relpath(make_config([]).run_dir(), "runs/default")
+        out[f"invariance/{m}"] = _name(make_config(INVARIANCE + [f"method={m}", "out=runs"]))
+    out["default"] = _name(make_config([]))
     return out
 
 
