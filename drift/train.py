@@ -30,6 +30,7 @@ from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import ConfigError, RunConfig, diff_configs, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
+from .heartbeat import Heartbeat
 from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob
@@ -122,22 +123,28 @@ def folder_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
+def config_changes(cfg: RunConfig) -> tuple[dict, list[str]]:
+    """(config.json's new content, its differences from the run directory's config.json); reads only."""
+    path = os.path.join(cfg.run_dir(), "config.json")
+    new = cfg.to_dict()
+    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
+    if not os.path.exists(path):
+        return new, []
+    with open(path) as f:
+        old = json.load(f)
+    return new, [c for c in diff_configs(old, new) if not c.startswith(("out:", "tracking_uri:", "threads:"))]
+
+
 def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, list[str]]:
     """Create the run directory and write config.json; on an existing one, refuse a changed config
     or a changed model/feature-net content (``model_fingerprint``) with a readable diff."""
     run_dir = cfg.run_dir()
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "config.json")
-    new = cfg.to_dict()
-    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
-    changes: list[str] = []
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        changes = [c for c in diff_configs(old, new) if not c.startswith(("out:", "tracking_uri:", "threads:"))]
-        if changes and not allow_changes:
-            raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
-                              + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
+    new, changes = config_changes(cfg)
+    if changes and not allow_changes:
+        raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
+                          + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(new, f, indent=1, default=str)
@@ -317,6 +324,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
 
         bar = tqdm(range(start, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}",
                    disable=not (progress and dist.is_main()), initial=start, total=tc.iterations, mininterval=2)
+        heartbeat = Heartbeat(tc.iterations, start, enabled=dist.is_main(), write=tqdm.write)  # job logs
         for it in bar:
             t_iter = time.time()
             sw = Stopwatch()
@@ -471,6 +479,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             fault("log", it)
             tracker.log(step, m)
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
+            heartbeat.beat(step, m)
 
         # ---- finish ---------------------------------------------------------------------------------
         def finish() -> dict:
@@ -508,26 +517,10 @@ def _last_eval(run_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print(help_text())
-        return 0
-    allow = "--allow-resume-with-changes" in argv
-    quiet = "--quiet" in argv
-    items = [a for a in argv if not a.startswith("--")]
-    try:
-        cfg = make_config(items)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    dist.init()  # under torchrun / accelerate launch: one process per rank, rank 0 prints
-    if dist.is_main():
-        print(f"[drift] run directory: {cfg.run_dir()}", flush=True)
-    final = train(cfg, progress=not quiet, allow_changes=allow)
-    if dist.is_main():
-        print(json.dumps(final["final"], indent=1))
-    return 0
+    """``python -m drift.train``: the command line lives in drift/cli.py."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 def help_text() -> str:
@@ -569,7 +562,6 @@ def help_text() -> str:
         d = docs(spec.options_cls)
         for f in dataclasses.fields(spec.options_cls):
             lines.append(f"      {name}.{f.name}={f.default!r}  {d.get(f.name, '')}")
-    lines.append("\nFlags: --allow-resume-with-changes, --quiet")
     return "\n".join(lines)
 
 

@@ -1,0 +1,487 @@
+"""Loaders: evaluation points from run directories, an MLflow experiment or a CSV, as one table.
+
+Every loader returns a ``Dataset``: one row per (run, evaluation step) with the columns
+
+    method, run, seed, config, step, alignment, diversity, final, run_dir, samples, <other eval metrics>
+
+plus a table of the kept runs (method, seed, config hash, flattened config, ablation options) and the
+warnings raised while loading. Runs that crashed, lack their final evaluation or duplicate another run
+are excluded, each with a warning naming it; non-finite points are dropped, each with a warning.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+NOT_SCIENCE = ("seed", "out", "tracking_uri", "experiment", "threads", "model_fingerprint")  # as RunConfig.science_hash (the fingerprint is a run-dir check, not identity)
+SKIP_DIRS = {"analysis", "mlartifacts", "checkpoints", "samples", "figures"}
+ABLATION_FIELDS = ("subset", "prompt", "shaping")
+
+
+class AnalysisInputError(ValueError):
+    """The input cannot be analysed; the message says what is missing and where."""
+
+
+@dataclass
+class Dataset:
+    points: pd.DataFrame
+    runs: pd.DataFrame
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def science_hash(config: dict) -> str:
+    """The engine's config hash (drift.config.RunConfig.science_hash) computed from a config.json dict."""
+    d = {k: v for k, v in config.items() if k not in NOT_SCIENCE}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _f(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _column(df: pd.DataFrame, key: str) -> str | None:
+    """The column for a metric key: the key itself, else the key without its 'eval/' prefix."""
+    if key in df.columns:
+        return key
+    short = key.split("/", 1)[1] if key.startswith("eval/") else None
+    return short if short and short in df.columns else None
+
+
+def _finish(rows: list[dict], runs: list[dict], source: str, warnings: list[str], akey: str, dkey: str) -> Dataset:
+    """Common tail of every loader: build the tables, drop non-finite points with a warning."""
+    ds = Dataset(pd.DataFrame(rows), pd.DataFrame(runs), source, warnings)
+    if ds.points.empty:
+        raise AnalysisInputError(f"no evaluation points with '{akey}' and '{dkey}' in {source}"
+                                 + (": " + "; ".join(warnings[:5]) if warnings else ""))
+    p = ds.points
+    bad = ~(np.isfinite(p["alignment"].astype(float)) & np.isfinite(p["diversity"].astype(float)))
+    for _, r in p[bad].iterrows():
+        ds.warn(f"dropped a non-finite point: run {r['run']} step {int(r['step'])} "
+                f"({akey}={r['alignment']}, {dkey}={r['diversity']})")
+    ds.points = p[~bad].sort_values(["method", "run", "step"]).reset_index(drop=True)
+    ds.runs = ds.runs.sort_values(["method", "run"]).reset_index(drop=True)
+    ds.runs = ds.runs[ds.runs["run"].isin(set(ds.points["run"]))].reset_index(drop=True)
+    return ds
+
+
+def _check_keys(seen: set[str], akey: str, dkey: str, where: str) -> None:
+    """Refuse a metric key that no run logged, naming the evaluation keys that exist."""
+    missing = [k for k in (akey, dkey) if k not in seen]
+    if missing and seen:
+        raise AnalysisInputError(f"metric(s) {missing} logged by no run in {where}; evaluation keys there: "
+                                 f"{sorted(k for k in seen if k.startswith('eval/'))}")
+
+
+def _dedupe(runs: list[dict], warnings: list[str]) -> list[dict]:
+    """Keep one run per (method, config hash, seed); the later ones are named in a warning."""
+    seen: dict[tuple, dict] = {}
+    kept = []
+    for r in runs:
+        key = (r["method"], r["config"], r["seed"])
+        if key in seen:
+            warnings.append(f"excluded duplicated run {r['run']}: same method, config ({r['config']}) and seed as "
+                            f"{seen[key]['run']}")
+            continue
+        seen[key] = r
+        kept.append(r)
+    return kept
+
+
+def _ablation_options(options: dict) -> dict:
+    return {f: str(options[f]) for f in ABLATION_FIELDS if f in options}
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) Run directories
+# ------------------------------------------------------------------------------------------------
+def find_run_dirs(root: str) -> list[str]:
+    """Every directory under ``root`` that holds a config.json (analysis/, samples/, ... are skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        if "config.json" in filenames:
+            out.append(dirpath)
+            dirnames[:] = []
+    return sorted(out)
+
+
+def sweep_run_dirs(sweep_json: str, runs_root: str) -> tuple[list[str], list[str]]:
+    """Run dirs listed in a sweep.json (experiments/sweep.py writes {"points": [{"run_dir": ...}, ...]};
+    also accepted: a list of paths, or a dict whose 'run_dirs'/'runs' lists paths or dicts with 'run_dir').
+    Relative paths are tried against the cwd, the runs root's parent and the sweep file's folder.
+    Returns (existing dirs, warnings)."""
+    with open(sweep_json) as f:
+        spec = json.load(f)
+    items = spec
+    if isinstance(spec, dict):
+        items = next((spec[k] for k in ("points", "run_dirs", "runs") if k in spec), None)
+    if not isinstance(items, list):
+        raise AnalysisInputError(f"{sweep_json}: no list of run directories (expected a list, or a dict with "
+                                 "'points', 'run_dirs' or 'runs')")
+    found, warnings = [], []
+    bases = ["", os.path.dirname(os.path.abspath(runs_root)), os.path.dirname(os.path.abspath(sweep_json))]
+    for it in items:
+        p = it.get("run_dir") if isinstance(it, dict) else it
+        if not isinstance(p, str):
+            continue
+        cands = [p] if os.path.isabs(p) else [os.path.join(b, p) for b in bases]
+        hit = next((c for c in cands if os.path.isdir(c)), None)
+        if hit is None:
+            warnings.append(f"run {p} is listed in {sweep_json} but its directory does not exist (never started?)")
+        else:
+            found.append(os.path.normpath(os.path.abspath(hit)))
+    return found, warnings
+
+
+def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str = "eval/diversity",
+                  root: str | None = None, source: str | None = None) -> Dataset:
+    """Points from engine run directories (config.json, metrics.jsonl, final_eval.json, DONE, samples/).
+
+    A run is kept only if it finished (DONE and final_eval.json exist) and metrics.jsonl holds both keys
+    at its last iteration (train.iterations); otherwise it is excluded with a warning naming it.
+    """
+    warnings: list[str] = []
+    runs, rows = [], []
+    seen_paths: set[str] = set()
+    seen_keys: set[str] = set()
+    for rd in run_dirs:
+        rd = os.path.normpath(os.path.abspath(rd))
+        if rd in seen_paths:
+            warnings.append(f"excluded duplicated run {rd}: listed twice")
+            continue
+        seen_paths.add(rd)
+        name = os.path.relpath(rd, root) if root else rd
+        try:
+            with open(os.path.join(rd, "config.json")) as f:
+                cfg = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            warnings.append(f"excluded run {name}: unreadable config.json ({type(e).__name__}: {e})")
+            continue
+        if not os.path.exists(os.path.join(rd, "DONE")):
+            warnings.append(f"excluded run {name}: it did not finish (no DONE marker: crashed or still running)")
+            continue
+        if not os.path.exists(os.path.join(rd, "final_eval.json")):
+            warnings.append(f"excluded run {name}: no final_eval.json (the run lacks its final evaluation)")
+            continue
+        try:
+            mrows = _read_metrics(rd)
+        except (OSError, ValueError) as e:
+            warnings.append(f"excluded run {name}: unreadable metrics.jsonl ({type(e).__name__}: {e})")
+            continue
+        last = int(cfg.get("train", {}).get("iterations", -1))
+        seen_keys.update(k for r in mrows for k in r)
+        ev = [r for r in mrows if akey in r or dkey in r]
+        if not any(r["step"] == last and akey in r and dkey in r for r in ev):
+            warnings.append(f"excluded run {name}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
+                            f"{last} = train.iterations are not both in metrics.jsonl)")
+            continue
+        method, seed = str(cfg.get("method")), int(cfg.get("seed", -1))
+        chash = science_hash(cfg)
+        flat = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NOT_SCIENCE}
+        runs.append({"run": name, "method": method, "seed": seed, "config": chash, "run_dir": rd,
+                     "flat": flat, "ablation": _ablation_options(cfg.get("options") or {}),
+                     "final_step": last, "_rows": ev})
+    _check_keys(seen_keys, akey, dkey, source or root or "the run directories")
+    runs = _dedupe(runs, warnings)
+    for r in runs:
+        for m in r.pop("_rows"):
+            step = int(m["step"])
+            png = os.path.join(r["run_dir"], "samples", f"eval_{step:06d}.png")
+            extra = {k: v for k, v in m.items() if k.startswith("eval/") and k not in (akey, dkey)}
+            rows.append({"method": r["method"], "run": r["run"], "seed": r["seed"], "config": r["config"],
+                         "step": step, "alignment": _f(m.get(akey)), "diversity": _f(m.get(dkey)),
+                         "final": step == r["final_step"], "run_dir": r["run_dir"],
+                         "samples": png if os.path.exists(png) else None, **extra})
+    return _finish(rows, runs, source or (root or "run directories"), warnings, akey, dkey)
+
+
+def _read_metrics(run_dir: str) -> list[dict]:
+    """metrics.jsonl rows, 'nan'/'inf' strings back to floats (as drift.tracking.read_metrics)."""
+    rows = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for i, ln in enumerate(f):
+            if ln.strip():
+                try:
+                    r = json.loads(ln)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"line {i + 1}: {e}") from None
+                rows.append({k: (_f(v) if isinstance(v, str) else v) for k, v in r.items()})
+    return rows
+
+
+def default_input(runs_root: str, experiment: str | None) -> tuple[list[str], str, str | None, list[str]]:
+    """What to analyse when only the runs root (and maybe an experiment) is named.
+
+    Returns (run dirs, description, experiment, warnings): the named experiment's folder; else the folder
+    of the most recently modified ``<runs>/*/sweep.json`` (its listed run dirs); else every run dir under
+    the runs root.
+    """
+    warnings: list[str] = []
+    if experiment:
+        folder = os.path.join(runs_root, experiment)
+        if not os.path.isdir(folder):
+            raise AnalysisInputError(f"experiment folder {folder} does not exist")
+        sweep = os.path.join(folder, "sweep.json")
+        dirs = find_run_dirs(folder)
+        if os.path.exists(sweep):
+            listed, w = sweep_run_dirs(sweep, runs_root)
+            warnings += w
+            dirs = sorted(set(dirs) | set(listed))
+        return dirs, folder, experiment, warnings
+    sweeps = sorted(glob.glob(os.path.join(runs_root, "*", "sweep.json")), key=os.path.getmtime)
+    if sweeps:
+        folder = os.path.dirname(sweeps[-1])
+        listed, w = sweep_run_dirs(sweeps[-1], runs_root)
+        return sorted(set(find_run_dirs(folder)) | set(listed)), folder, os.path.basename(folder), warnings + w
+    if not os.path.isdir(runs_root):
+        raise AnalysisInputError(f"runs root {runs_root} does not exist; name --runs-dir, --csv or --source mlflow")
+    dirs = find_run_dirs(runs_root)
+    exps = sorted({os.path.relpath(d, runs_root).split(os.sep)[0] for d in dirs})
+    if len(exps) > 1:
+        warnings.append(f"no sweep.json under {runs_root}: pooling the runs of experiments {exps}")
+    if len(exps) == 1:
+        return dirs, os.path.join(runs_root, exps[0]), exps[0], warnings
+    return dirs, runs_root, None, warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) MLflow
+# ------------------------------------------------------------------------------------------------
+def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: str = "eval/diversity") -> Dataset:
+    """Points from the MLflow runs of one experiment (tags method/seed/run_dir, params = flat config).
+
+    Kept: status FINISHED and both keys logged at step train.iterations. Runs tagged kind=analysis are
+    this tool's own output and are skipped silently.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise AnalysisInputError(f"MLflow experiment {experiment!r} not found at {uri}; experiments there: {names}")
+    all_runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+        all_runs += list(page)
+        token = page.token
+        if not token:
+            break
+    warnings: list[str] = []
+    runs, rows = [], []
+    seen_keys = {k for mr in all_runs if mr.data.tags.get("kind") != "analysis" for k in mr.data.metrics}
+    _check_keys(seen_keys, akey, dkey, f"MLflow experiment {experiment!r}")
+    for mr in all_runs:
+        tags, params = mr.data.tags, mr.data.params
+        if tags.get("kind") == "analysis":
+            continue
+        name = tags.get("mlflow.runName", mr.info.run_id)
+        label = f"{name} ({mr.info.run_id[:8]})"
+        if "method" not in tags:
+            warnings.append(f"skipped MLflow run {label}: no 'method' tag (not a training run)")
+            continue
+        if mr.info.status != "FINISHED":
+            warnings.append(f"excluded run {label}: MLflow status {mr.info.status} (crashed or still running)")
+            continue
+        last = int(float(params.get("train.iterations", -1)))
+        keys = sorted(k for k in mr.data.metrics if k.startswith("eval/"))
+        hist = {k: {m.step: m.value for m in client.get_metric_history(mr.info.run_id, k)} for k in keys}
+        if last not in hist.get(akey, {}) or last not in hist.get(dkey, {}):
+            warnings.append(f"excluded run {label}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
+                            f"{last} = train.iterations)")
+            continue
+        flat = {k: v for k, v in params.items() if k not in NOT_SCIENCE}
+        chash = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
+        run_dir = tags.get("run_dir")
+        opts = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("options.")}
+        runs.append({"run": label, "method": tags["method"], "seed": int(tags.get("seed", params.get("seed", -1))),
+                     "config": chash, "run_dir": run_dir, "flat": flat, "ablation": _ablation_options(opts),
+                     "final_step": last, "_hist": hist})
+    runs = _dedupe(runs, warnings)
+    for r in runs:
+        hist = r.pop("_hist")
+        for step in sorted(set(hist.get(akey, {})) | set(hist.get(dkey, {}))):
+            png = os.path.join(r["run_dir"], "samples", f"eval_{step:06d}.png") if r["run_dir"] else None
+            extra = {k: h[step] for k, h in hist.items() if k not in (akey, dkey) and step in h}
+            rows.append({"method": r["method"], "run": r["run"], "seed": r["seed"], "config": r["config"],
+                         "step": int(step), "alignment": _f(hist.get(akey, {}).get(step)),
+                         "diversity": _f(hist.get(dkey, {}).get(step)), "final": step == r["final_step"],
+                         "run_dir": r["run_dir"], "samples": png if png and os.path.exists(png) else None, **extra})
+    return _finish(rows, runs, f"MLflow {uri} experiment {experiment!r}", warnings, akey, dkey)
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) CSV
+# ------------------------------------------------------------------------------------------------
+CSV_REQUIRED = ("method", "seed", "step")
+
+
+def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversity") -> Dataset:
+    """Points from a CSV with at least ``method, seed, step`` and the two metric columns (named by the key,
+    or by the key without 'eval/', e.g. 'alignment'). Optional: run, config, status, samples,
+    subset/prompt/shaping (or options.subset, ...) for ablation labels.
+
+    A run = the ``run`` column, else (method, config, seed). Excluded with a warning: runs whose status is
+    not 'finished' (if a status column exists); runs whose last step is below the last step of the
+    other runs of the same method and config (they lack their final evaluation); repeated (run, step) rows
+    are dropped after the first.
+    """
+    df = pd.read_csv(path)
+    missing = [c for c in CSV_REQUIRED if c not in df.columns]
+    acol, dcol = _column(df, akey), _column(df, dkey)
+    if acol is None:
+        missing.append(f"{akey} (or {akey.removeprefix('eval/')})")
+    if dcol is None:
+        missing.append(f"{dkey} (or {dkey.removeprefix('eval/')})")
+    if missing:
+        raise AnalysisInputError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
+    warnings: list[str] = []
+    df = df.rename(columns={acol: "alignment", dcol: "diversity"})
+    df["alignment"] = pd.to_numeric(df["alignment"], errors="coerce")
+    df["diversity"] = pd.to_numeric(df["diversity"], errors="coerce")
+    df["config"] = df["config"].astype(str) if "config" in df.columns else "-"
+    if "run" not in df.columns:
+        df["run"] = df["method"].astype(str) + "/" + df["config"] + "/seed" + df["seed"].astype(str)
+    df["run"] = df["run"].astype(str)
+    dup = df.duplicated(["run", "step"], keep="first")
+    for run, g in df[dup].groupby("run"):
+        warnings.append(f"dropped {len(g)} duplicated row(s) of run {run} (steps {sorted(g['step'].tolist())[:5]})")
+    df = df[~dup]
+    if "status" in df.columns:
+        for run, g in df.groupby("run"):
+            st = str(g["status"].iloc[-1]).lower()
+            if st not in ("finished", "done", "ok"):
+                warnings.append(f"excluded run {run}: status {st!r} (crashed or unfinished)")
+                df = df[df["run"] != run]
+    last = df.groupby("run")["step"].max()
+    meta = df.groupby("run")[["method", "config"]].first()
+    target = last.groupby([meta["method"], meta["config"]]).transform("max")
+    for run in last.index[last < target]:
+        warnings.append(f"excluded run {run}: it lacks its final evaluation (last step {int(last[run])}, "
+                        f"other runs of its method and config reach {int(target[run])})")
+        df = df[df["run"] != run]
+    extra_cols = [c for c in df.columns if c not in ("method", "run", "seed", "config", "step", "alignment",
+                                                     "diversity", "status", "samples")]
+    runs, rows = [], []
+    for run, g in df.groupby("run", sort=True):
+        g = g.sort_values("step")
+        first = g.iloc[0]
+        opts = {}
+        for f in ABLATION_FIELDS:
+            for c in (f, f"options.{f}"):
+                if c in g.columns and pd.notna(first[c]):
+                    opts[f] = str(first[c])
+        runs.append({"run": run, "method": str(first["method"]), "seed": int(first["seed"]), "config": str(first["config"]),
+                     "run_dir": None, "flat": {c: first[c] for c in extra_cols if c.startswith("options.")},
+                     "ablation": opts, "final_step": int(g["step"].max())})
+        for _, r in g.iterrows():
+            png = r["samples"] if "samples" in g.columns and isinstance(r["samples"], str) else None
+            rows.append({"method": str(r["method"]), "run": run, "seed": int(r["seed"]), "config": str(r["config"]),
+                         "step": int(r["step"]), "alignment": _f(r["alignment"]), "diversity": _f(r["diversity"]),
+                         "final": int(r["step"]) == int(g["step"].max()), "run_dir": None,
+                         "samples": png if png and os.path.exists(png) else None,
+                         **{c: r[c] for c in extra_cols if c not in ABLATION_FIELDS and not c.startswith("options.")}})
+    runs = _dedupe(runs, warnings)
+    kept = {r["run"] for r in runs}
+    rows = [r for r in rows if r["run"] in kept]
+    return _finish(rows, runs, f"CSV {path}", warnings, akey, dkey)
+
+
+# ------------------------------------------------------------------------------------------------
+# Base model and labels
+# ------------------------------------------------------------------------------------------------
+def base_point(ds: Dataset, rel_tol: float = 1e-3) -> tuple[float, float] | None:
+    """(a0, d0) = mean of the step-0 evaluations over all kept runs (the base model); None if there are none.
+
+    Warns when the step-0 values differ between runs by more than ``rel_tol`` (relative): the runs may
+    not share one base model or evaluation set.
+    """
+    p0 = ds.points[ds.points["step"] == 0]
+    if p0.empty:
+        ds.warn("no step-0 evaluation: the base model is unknown, so base-relative gains are undefined")
+        return None
+    a0, d0 = float(p0["alignment"].mean()), float(p0["diversity"].mean())
+    for col, v in (("alignment", a0), ("diversity", d0)):
+        spread = float(p0[col].max() - p0[col].min())
+        if spread > rel_tol * max(abs(v), 1e-12):
+            ds.warn(f"step-0 {col} differs between runs (spread {spread:.4g} around {v:.4g}): do all runs share one "
+                    "base model and evaluation set? The base point is their mean")
+    return a0, d0
+
+
+METHOD_NAMES = {"flow_grpo": "Flow-GRPO", "flow_grpo_kl": "Flow-GRPO+KL", "diverse_grpo": "DiverseGRPO",
+                "drift": "DRIFT"}
+COMPONENTS = (("subset", "sampling"), ("prompt", "prompting"), ("shaping", "shaping"))
+
+
+def ablation_label(opts: dict) -> str:
+    """'DRIFT (full)', '− sampling', ..., 'sampling only', ..., 'DRIFT (no components)' from the options
+    subset / prompt / shaping ('none' = component off)."""
+    on = [name for f, name in COMPONENTS if str(opts.get(f, "none")) != "none"]
+    if len(on) == 3:
+        return "DRIFT (full)"
+    if not on:
+        return "DRIFT (no components)"
+    if len(on) == 2:
+        return "− " + next(name for _, name in COMPONENTS if name not in on)
+    return " + ".join(on) + " only"
+
+
+ABLATION_ORDER = ["DRIFT (full)", "− sampling", "− prompting", "− shaping", "sampling only", "prompting only",
+                  "shaping only", "DRIFT (no components)"]
+
+
+def ablation_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """run -> ablation label for the drift runs; when two component settings share a label (e.g. two subset
+    rules), the differing fields are appended: '− shaping (subset=trim)'."""
+    d = runs[runs["method"] == "drift"]
+    base = {r: ablation_label(o) for r, o in zip(d["run"], d["ablation"])}
+    out = {}
+    for lab in set(base.values()):
+        members = [r for r in base if base[r] == lab]
+        opts = {r: d.set_index("run").loc[r, "ablation"] for r in members}
+        diff = [f for f in ABLATION_FIELDS if len({o.get(f) for o in opts.values()}) > 1]
+        for r in members:
+            out[r] = lab + (" (" + ", ".join(f"{f}={opts[r].get(f)}" for f in diff) + ")" if diff else "")
+    return out
+
+
+def variant_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """run -> 'method' or 'method (k=v, ...)' naming the config fields that differ among that method's runs
+    (e.g. 'flow_grpo_kl (beta=0.01)'): the curves' grouping."""
+    out = {}
+    for method, g in runs.groupby("method"):
+        flats = list(g["flat"])
+        keys = sorted({k for f in flats for k in f})
+        diff = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+        for run, f in zip(g["run"], flats):
+            parts = [f"{k.removeprefix('options.')}={f.get(k)}" for k in diff]
+            out[run] = method + (f" ({', '.join(parts)})" if parts else "")
+    return out

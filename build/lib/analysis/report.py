@@ -1,0 +1,373 @@
+"""Tables (Markdown + LaTeX from the same rows) and figures (matplotlib, Agg) of an analysis."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .io import METHOD_NAMES  # noqa: E402
+
+DASH = "—"
+
+
+# ------------------------------------------------------------------------------------------------
+# Formatting
+# ------------------------------------------------------------------------------------------------
+def name(label: str) -> str:
+    return METHOD_NAMES.get(label, label)
+
+
+def fmt_pct(v: float | None) -> str:
+    return DASH if v is None else f"{100 * v:+.1f}%"
+
+
+def fmt_share(v: float | None) -> str:
+    return DASH if v is None else f"{100 * v:.1f}%"
+
+
+def fmt_num(v: float | None) -> str:
+    return DASH if v is None else f"{v:.4g}"
+
+
+def cell(stat: dict | None, pct: bool = False, share: bool = False) -> str:
+    """'+9.1% [+5.0, +12.3]' (gain) / '33.3% [16.7, 50.0]' (share) / '0.412 [0.40, 0.42]'; '—' when
+    undefined; no bracket without a CI."""
+    if not stat or stat.get("value") is None:
+        return DASH
+    f = fmt_share if share else fmt_pct if pct else fmt_num
+    s = f(stat["value"])
+    ci = stat.get("ci")
+    if ci:
+        s += f" [{f(ci[0]).rstrip('%')}, {f(ci[1]).rstrip('%')}]"
+    return s
+
+
+def fmt_interval(iv) -> str:
+    return DASH if not iv else f"{iv[0]:.4g} – {iv[1]:.4g}"
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+    def md(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
+               "|" + "|".join("---" for _ in self.header) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in self.rows]
+        if self.notes:
+            out += [""] + [f"* {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+    def tex(self) -> str:
+        def esc(s: str) -> str:
+            s = (s.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&")
+                 .replace("#", r"\#"))
+            return (s.replace("—", "---").replace("–", "--").replace("−", "$-$").replace("✓", r"\checkmark")
+                    .replace("₀", "$_0$"))
+        out = [f"% {self.title}", r"\begin{tabular}{" + "l" * len(self.header) + "}", r"\toprule",
+               " & ".join(esc(h) for h in self.header) + r" \\", r"\midrule"]
+        out += [" & ".join(esc(c) for c in r) + r" \\" for r in self.rows]
+        out += [r"\bottomrule", r"\end{tabular}"]
+        out += [f"% {esc(n)}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+GAIN_TITLES = {
+    "diversity_gain_at_equal_alignment": ("Diversity gain at equivalent alignment, D_M(a) / D_B(a) − 1", "Alignment overlap"),
+    "alignment_gain_at_equal_diversity": ("Alignment gain at equivalent diversity, A_M(d) / A_B(d) − 1", "Diversity overlap"),
+    "alignment_gain_at_equal_diversity_vs_base": (
+        "Alignment gain at equivalent diversity relative to the base model, (A_M(d) − a₀) / (A_B(d) − a₀) − 1",
+        "Diversity overlap"),
+}
+
+
+def methods_table(res: dict, title: str = "Methods") -> Table:
+    rows = []
+    for lab, r in res["labels"].items():
+        rows.append([name(lab), f"{r['runs']} ({r['configs']})", str(len(r["seeds"])), str(len(r["front"])),
+                     cell(r["final_alignment"]), cell(r["final_diversity"]), cell(r["hypervolume"])])
+    notes = [f"{name(lab)}: {r['hypervolume']['note']}" for lab, r in res["labels"].items() if r["hypervolume"].get("note")]
+    return Table(title, ["Method", "Runs (configs)", "Seeds", "Front points", "Final alignment", "Final diversity",
+                         "Hypervolume"], rows, notes)
+
+
+def gain_tables(res: dict) -> list[Table]:
+    tables = []
+    for key, (title, ov) in GAIN_TITLES.items():
+        rows, notes = [], []
+        for p in res["pairs"]:
+            g = p.get(key)
+            if g is None:
+                continue
+            pair = f"{name(p['method'])} vs {name(p['baseline'])}"
+            if "min" not in g:
+                rows.append([name(p["method"]), name(p["baseline"]), DASH, DASH, DASH, DASH, DASH])
+            else:
+                rng = (f"{fmt_pct(g['min']['value'])} – {fmt_pct(g['max']['value'])}"
+                       if g["min"]["value"] is not None else DASH)
+                rows.append([name(p["method"]), name(p["baseline"]), fmt_interval(g["interval"]), rng,
+                             cell(g["min"], True), cell(g["max"], True), cell(g["mean"], True)])
+            notes += [f"{pair}: {m}" for m in g.get("messages", [])]
+        tables.append(Table(title, ["Method", "Baseline", ov, "Range (min – max)", "Min [95% CI]", "Max [95% CI]",
+                                    "Mean [95% CI]"], rows, notes))
+    rows = [[name(p["method"]), name(p["baseline"]), cell(p["dominance"]["method_over_baseline"], share=True),
+             cell(p["dominance"]["baseline_over_method"], share=True)] for p in res["pairs"]]
+    tables.append(Table("Dominance: share of one front's points dominated by the other front",
+                        ["Method", "Baseline", "Baseline's front dominated by method", "Method's front dominated by baseline"],
+                        rows))
+    return tables
+
+
+def settings_text(meta: dict) -> str:
+    s = meta["settings"]
+    base = meta.get("base")
+    lines = [
+        f"Input: {meta['source']} ({meta['n_runs']} runs kept, {meta['n_excluded']} excluded; see warnings in report.md).",
+        f"Axes: alignment = `{s['alignment_key']}`, diversity = `{s['diversity_key']}` (both higher is better).",
+        f"Front functions: {s['interp']} interpolation; gains on {s['n_levels']} equally spaced levels over each "
+        "pair's overlap; min, max and mean over the levels where the gain is defined.",
+        f"Bootstrap: {s['n_boot']} resamples of runs (seeds) within each method configuration, seed {s['seed']}, "
+        f"{int(100 * s['ci'])}% percentile intervals in brackets.",
+        (f"Base model (step 0): a₀ = {base[0]:.4g}, d₀ = {base[1]:.4g}." if base
+         else "Base model: unknown (no step-0 evaluation)."),
+        f"Hypervolume reference point (alignment, diversity) = ({s['ref'][0]:.4g}, {s['ref'][1]:.4g}): {s['ref_rule']}.",
+        f"Steps on the fronts: {s['steps']}.",
+    ]
+    return "\n".join(f"* {ln}" for ln in lines) + "\n"
+
+
+def gains_docs(res: dict, meta: dict) -> tuple[str, str]:
+    """(gains.md, gains.tex)."""
+    tabs = [methods_table(res)] + gain_tables(res)
+    md = "# Gains at equivalent alignment and at equivalent diversity\n\n" + settings_text(meta) + "\n"
+    md += "\n".join(t.md() for t in tabs)
+    tex = "% Generated by analysis/frontier.py; needs \\usepackage{booktabs,amssymb}\n" + "\n".join(t.tex() for t in tabs)
+    return md, tex
+
+
+def ablation_table(res: dict, order: list[str], reference: str | None, components: dict[str, tuple]) -> Table:
+    """One row per ablation variant (components on/off, final values, hypervolume, gains vs reference)."""
+    by_pair = {p["method"]: p for p in res["pairs"]}
+    labels = [lab for lab in order if lab in res["labels"]] + sorted(set(res["labels"]) - set(order) - {reference})
+    if reference in res["labels"]:
+        labels.append(reference)
+    rows, notes = [], []
+    ref_name = name(reference) if reference else "Flow-GRPO"
+
+    def gain(p: dict | None, key: str) -> str:
+        if p is None:
+            return "(reference)" if reference is not None and lab == reference else f"n/a (no {ref_name} runs)"
+        g = p[key]
+        if "mean" not in g or g["mean"]["value"] is None:
+            return DASH
+        return f"{cell(g['mean'], True)}; {fmt_pct(g['min']['value'])} – {fmt_pct(g['max']['value'])}"
+
+    for lab in labels:
+        r = res["labels"][lab]
+        comp = components.get(lab, (False, False, False))
+        p = by_pair.get(lab)
+        rows.append([name(lab), *("✓" if c else "–" for c in comp), f"{r['runs']}", cell(r["final_alignment"]),
+                     cell(r["final_diversity"]), cell(r["hypervolume"]),
+                     gain(p, "diversity_gain_at_equal_alignment"), gain(p, "alignment_gain_at_equal_diversity")])
+        if p:
+            for key in ("diversity_gain_at_equal_alignment", "alignment_gain_at_equal_diversity"):
+                notes += [f"{name(lab)}: {m}" for m in p[key].get("messages", [])]
+    hdr = ["Variant", "Sampling", "Prompting", "Shaping", "Runs", "Final alignment", "Final diversity", "Hypervolume",
+           f"Div. gain @ eq. alignment vs {ref_name}: mean [CI]; min – max",
+           f"Align. gain @ eq. diversity vs {ref_name}: mean [CI]; min – max"]
+    return Table("Ablation: DRIFT components removed / alone", hdr, rows, notes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------------
+def colours(labels: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+
+
+def pareto_figure(res: dict, points: pd.DataFrame, label_col: str, base: tuple | None, interp: str, stem: str,
+                  keys: tuple[str, str], title: str = "Alignment–diversity fronts") -> list[str]:
+    """All points faint, each label's front bold with its bootstrap band, the base model marked. Writes
+    <stem>.png and <stem>.pdf."""
+    labels = list(res["labels"])
+    col = colours(labels)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for lab in labels:
+        p = points[points[label_col] == lab]
+        ax.scatter(p["alignment"], p["diversity"], s=10, color=col[lab], alpha=0.2, linewidths=0)
+        fr = np.asarray(res["labels"][lab]["front"])
+        band = res["labels"][lab]["front_band"]
+        lo = np.array([np.nan if v is None else v for v in band["diversity_lo"]])
+        hi = np.array([np.nan if v is None else v for v in band["diversity_hi"]])
+        if np.isfinite(lo).any():
+            ax.fill_between(band["alignment"], lo, hi, color=col[lab], alpha=0.15, linewidth=0,
+                            step="pre" if interp == "staircase" else None)
+        if len(fr):
+            ax.plot(fr[:, 0], fr[:, 1], "o", color=col[lab], ms=4)
+            ax.step(fr[:, 0], fr[:, 1], where="pre", color=col[lab], lw=2, label=name(lab)) if interp == "staircase" \
+                else ax.plot(fr[:, 0], fr[:, 1], color=col[lab], lw=2, label=name(lab))
+    if base:
+        ax.plot([base[0]], [base[1]], "*", color="black", ms=12, label="base model")
+    ax.set_xlabel(f"alignment ({keys[0]})")
+    ax.set_ylabel(f"diversity ({keys[1]})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [stem + ".png", stem + ".pdf"]
+    for pth in paths:
+        fig.savefig(pth, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def _mean_ci(x: np.ndarray, ci: float = 0.95) -> tuple[float, float, float]:
+    """Mean and t-interval over seeds; the interval is NaN with a single seed."""
+    from scipy import stats
+
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return np.nan, np.nan, np.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, np.nan, np.nan
+    h = float(stats.t.ppf((1 + ci) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - h, m + h
+
+
+def curves_figure(points: pd.DataFrame, variants: dict[str, str], path: str, keys: tuple[str, str]) -> str:
+    """Alignment and diversity vs training step per variant: mean over seeds with a 95% t-interval."""
+    p = points.assign(variant=points["run"].map(variants))
+    labs = sorted(p["variant"].dropna().unique())
+    col = colours(labs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, colname, key in zip(axes, ("alignment", "diversity"), keys):
+        for lab in labs:
+            g = p[p["variant"] == lab]
+            steps = sorted(g["step"].unique())
+            stats = np.array([_mean_ci(g[g["step"] == s_][colname].to_numpy(float)) for s_ in steps])
+            ax.plot(steps, stats[:, 0], color=col[lab], lw=1.5, label=lab)
+            ax.fill_between(steps, stats[:, 1], stats[:, 2], color=col[lab], alpha=0.2, linewidth=0)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{colname} ({key})")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.suptitle("Evaluation metrics vs step (mean over seeds, 95% CI)")
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)  # outside: labels can be long
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def matched_levels(res: dict, n: int = 3) -> tuple[np.ndarray, str]:
+    """Alignment levels for the sample grids: quartiles of the range every front covers (else of the
+    union of the fronts' ranges, noted)."""
+    frs = [np.asarray(r["front"]) for r in res["labels"].values() if len(r["front"])]
+    lo, hi = max(f[:, 0].min() for f in frs), min(f[:, 0].max() for f in frs)
+    note = "levels at the quartiles of the alignment range every front covers"
+    if lo > hi:
+        lo, hi = min(f[:, 0].min() for f in frs), max(f[:, 0].max() for f in frs)
+        note = "the fronts share no alignment range: levels span their union, so some methods do not reach some levels"
+    qs = np.linspace(0, 1, n + 2)[1:-1]
+    return lo + qs * (hi - lo), note
+
+
+def pick_matched(res: dict, points: pd.DataFrame, label_col: str, level: float) -> dict[str, dict | None]:
+    """Per label, the front point that defines the staircase D_M(level): the first front point with
+    alignment >= level (None if the front never reaches it), with its run, step and sample PNG."""
+    out: dict[str, dict | None] = {}
+    for lab, r in res["labels"].items():
+        fr = np.asarray(r["front"])
+        i = np.searchsorted(fr[:, 0], level, side="left") if len(fr) else 0
+        if len(fr) == 0 or i >= len(fr):
+            out[lab] = None
+            continue
+        a, d = fr[i]
+        p = points[(points[label_col] == lab) & (points["alignment"] == a) & (points["diversity"] == d)]
+        p = p.sort_values(["run", "step"])
+        with_png = p[p["samples"].notna()]
+        row = (with_png if len(with_png) else p).iloc[0]
+        out[lab] = {"alignment": float(a), "diversity": float(d), "run": row["run"], "step": int(row["step"]),
+                    "samples": row["samples"] if isinstance(row["samples"], str) else None}
+    return out
+
+
+def samples_figure(res: dict, points: pd.DataFrame, label_col: str, path: str) -> tuple[str | None, dict, str]:
+    """Grid of figures: rows = matched alignment levels, columns = labels; each cell the eval sample grid of
+    the front point that realises D_M(level). Returns (path or None if no samples exist, picks, note)."""
+    levels, note = matched_levels(res)
+    labels = list(res["labels"])
+    picks = {float(lv): pick_matched(res, points, label_col, lv) for lv in levels}
+    if not any(pk and pk["samples"] for row in picks.values() for pk in row.values()):
+        return None, picks, "no sample PNGs are available for the matched points"
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(levels), len(labels), figsize=(2.6 * len(labels), 2.9 * len(levels)), squeeze=False)
+    for i, (lv, row) in enumerate(picks.items()):
+        for j, lab in enumerate(labels):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            pk = row[lab]
+            if pk is None:
+                ax.text(0.5, 0.5, "level not reached", ha="center", va="center", fontsize=8)
+            elif pk["samples"] is None:
+                ax.text(0.5, 0.5, "no samples", ha="center", va="center", fontsize=8)
+            else:
+                ax.imshow(np.asarray(Image.open(pk["samples"]).convert("RGB")))
+            if pk:
+                ax.set_title(f"{name(lab)} (step {pk['step']})\na={pk['alignment']:.3f} d={pk['diversity']:.3f}",
+                             fontsize=7)
+            else:
+                ax.set_title(name(lab), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"alignment ≥ {lv:.3f}", fontsize=8)
+    fig.suptitle("Eval samples at matched alignment (the front point realising D_M(a))", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path, picks, note
+
+
+def _tables_only(md: str) -> str:
+    """A gains/ablation document from its first table on (the settings are already at the report's top)."""
+    i = md.find("### ")
+    return md[i:].strip() if i >= 0 else md.strip()
+
+
+def report_md(meta: dict, gains_md: str, ablation_md: str | None, files: dict[str, str | None],
+              warnings: list[str], excluded: list[str], sample_note: str) -> str:
+    out = ["# Frontier analysis", "", settings_text(meta), "Definitions and formulas: docs/analysis.md.", ""]
+    out += ["## Fronts", "", "![pareto](pareto.png)", "",
+            "All evaluation points faint; each method's front bold with its bootstrap 95% band; the star is the "
+            "base model. Vector version: pareto.pdf.", ""]
+    out += ["## Training curves", "", "![curves](curves.png)", ""]
+    if files.get("samples"):
+        out += ["## Samples at matched alignment", "", f"![samples]({os.path.basename(files['samples'])})", "",
+                sample_note + ".", ""]
+    else:
+        out += ["## Samples at matched alignment", "", f"Not drawn: {sample_note}.", ""]
+    out += ["## Gains", "", _tables_only(gains_md), ""]
+    if ablation_md:
+        out += ["## Ablation", ""]
+        if files.get("ablation_pareto"):
+            out += ["![ablation fronts](ablation_pareto.png)", ""]
+        out += [_tables_only(ablation_md), ""]
+    out += ["## Excluded runs and warnings", ""]
+    out += [f"* {w}" for w in excluded + [w for w in warnings if w not in excluded]] or ["None."]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,69 @@
+"""Sampling trajectories with per-step log-probs (training) and ODE samples (evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .methods import Cond
+from .sde import sde_step_with_logprob, x0_from_v
+
+
+def guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uncond: Cond | None, cfg: float) -> torch.Tensor:
+    """v = v_u + cfg (v_c - v_u), computed in one batched forward of 2B (cfg = 1: conditional only)."""
+    if cfg == 1 or uncond is None:
+        return world.velocity(x, sigma, cond)
+    n = x.shape[0]
+    s = sigma if sigma.ndim == 0 else torch.cat([sigma, sigma])
+    v = world.velocity(torch.cat([x, x]), s, Cond.cat([cond, uncond]))
+    v_c, v_u = v[:n], v[n:]
+    return v_u + cfg * (v_c - v_u)
+
+
+@dataclass
+class Trajectories:
+    """A batch of B sampled trajectories.
+
+    xs: (B, T + 1, *latent) states x_0 (noise) ... x_T (sample); log_probs: (B, T) log p(x_{i+1} | x_i);
+    sigmas: (T + 1,); images: (B, 3, H, W) in [0, 1]; x0_hat: (B, T, *latent) predicted clean
+    sample at each step (only when requested).
+    """
+
+    xs: torch.Tensor
+    log_probs: torch.Tensor
+    sigmas: torch.Tensor
+    images: torch.Tensor
+    x0_hat: torch.Tensor | None = None
+
+    def index(self, idx: torch.Tensor) -> "Trajectories":
+        return Trajectories(self.xs[idx], self.log_probs[idx], self.sigmas, self.images[idx],
+                            None if self.x0_hat is None else self.x0_hat[idx])
+
+
+@torch.no_grad()
+def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Tensor, sigmas: torch.Tensor,
+                        noise_level: float, cfg: float, generator: torch.Generator, sde_type: str = "sde",
+                        record_x0: bool = False, draw_eps=None) -> Trajectories:
+    """Run the flow-SDE from ``noise`` along ``sigmas``, recording states and log-probs.
+
+    With noise_level = 0 this is the Euler ODE (log-probs are zeros). Each step's noise comes from
+    ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
+    from ``generator``.
+    """
+    x = noise.to(world.device)  # noise is drawn on the CPU (seeded generators); the world may run elsewhere
+    xs, lps, x0s = [x], [], []
+    sigma_1 = sigmas[1]
+    for i in range(len(sigmas) - 1):
+        s = sigmas[i]
+        v = guided_velocity(world, x, s, cond, uncond, cfg)
+        if record_x0:
+            x0s.append(x0_from_v(x, v, s))
+        eps = draw_eps(x.shape, x.device) if draw_eps is not None else None
+        out = sde_step_with_logprob(v, x, s, sigmas[i + 1], noise_level, sigma_1, generator=generator, sde_type=sde_type,
+                                    eps=eps)
+        x = out.prev_sample
+        xs.append(x)
+        lps.append(out.log_prob)
+    return Trajectories(torch.stack(xs, 1), torch.stack(lps, 1), sigmas, world.decode(x),
+                        torch.stack(x0s, 1) if record_x0 else None)

@@ -1,0 +1,64 @@
+"""Worlds: a model plus its prompts, task reward, diversity features and world-level eval metrics.
+
+Every world object offers: ``train_prompts()``, ``eval_prompts(n)``, ``prompt_text(p)``,
+``paraphrase`` (or None), ``encode(texts) -> Cond``, ``velocity(x, sigma, cond)``, ``reference()``
+(context manager: the reference policy), ``trainable_parameters()``, ``decode(x) -> images in [0, 1]``,
+``latent_shape``, ``sigma_schedule(num_steps, shift)``, ``reward(images, prompts) -> {'reward': (B,), other heads}``, ``features.embed``,
+``eval_extras(images (P, S, ...), prompts) -> metrics``, ``transformer`` (the trained module) and
+``device`` (where latents, conditioning and velocities live; the engine draws noise on the CPU and moves it
+there). Decoded images, rewards and features are CPU tensors.
+
+Worlds: ``shapes`` (drift/worlds/shapes: the embedded pixel-space model, CPU) and ``sd3`` (drift/worlds/sd3:
+diffusers SD3-family pipelines, SD3.5-Medium by default; its settings are the sd3.* config section).
+"""
+
+import os
+
+BACKENDS = {"shapes": ".shapes.backend.ShapesWorld", "sd3": ".sd3.backend.SD3World"}
+"""World name -> its class (imported only when that world is built)."""
+AVAILABLE = tuple(BACKENDS)
+
+
+# Files a world reads from its local model folders: {config field: [relative paths]}.
+REQUIRED_FILES = {
+    "shapes": {"model.path": ["transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+                              "text_encoder/config.json", "text_encoder/model.safetensors"],
+               "model.features": ["config.json", "model.safetensors"]},
+}
+
+
+def check_available(cfg) -> None:
+    """Fail before any work if the configured world has no backend yet, or if a model file it reads
+    is missing or unreadable (ConfigError naming the field, the value and the file)."""
+    if cfg.model.world not in AVAILABLE:
+        raise NotImplementedError(f"model.world={cfg.model.world!r}: this backend is not built yet (the real-model path "
+                                  f"is an open issue); worlds that run: {list(AVAILABLE)}")
+    from ..config import ConfigError
+
+    for field, rels in REQUIRED_FILES.get(cfg.model.world, {}).items():
+        folder = getattr(cfg.model, field.split(".", 1)[1])
+        for rel in rels:
+            path = os.path.join(folder, rel)
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                raise ConfigError(f"{field}={folder!r}: cannot read {path} ({e.strerror or type(e).__name__}); "
+                                  f"it must be a model folder holding {rels}") from None
+    preflight = getattr(world_class(cfg.model.world), "preflight", None)
+    if preflight is not None:  # world-specific cheap checks (files, prompt sets), before anything is written
+        preflight(cfg)
+
+
+def world_class(name: str):
+    """The class of world ``name`` (its module is imported here)."""
+    import importlib
+
+    module, cls = BACKENDS[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module, __name__), cls)
+
+
+def make_world(cfg):
+    """Build the world named by ``cfg.model.world``."""
+    check_available(cfg)
+    return world_class(cfg.model.world)(cfg)

@@ -1,0 +1,171 @@
+"""The shapes world as the engine sees it: model, prompts, reward, features and world-specific eval.
+
+Every world exposes the same attributes and methods (see drift/worlds/__init__.py), so the training
+loop never branches on the world.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from ...methods import Cond
+from ..policy import TransformerPolicy
+from ...sde import sigma_schedule
+from . import world
+from .features import load_features
+from .model import load_pretrained
+from .reward import shapes_reward
+
+
+class ShapesFeatures:
+    """The committed feature CNN behind the shared FeatureNet interface."""
+
+    def __init__(self, path: str):
+        self.net = load_features(path)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.float().clamp(0, 1))
+
+
+class ShapesWorld(TransformerPolicy):
+    """Pixel-space SD3 transformer + word-level text encoder; judge-based reward; CNN features."""
+
+    name = "shapes"
+    device = torch.device("cpu")
+
+    def __init__(self, cfg):
+        m = cfg.model
+        self.reward_cfg = cfg.reward
+        self.tokenizer, self.text_encoder, transformer = load_pretrained(m.path)
+        for p in self.text_encoder.parameters():
+            p.requires_grad_(False)
+        for p in transformer.parameters():
+            p.requires_grad_(False)
+        self._ref_copy = None
+        if m.finetune == "lora":
+            from peft import LoraConfig
+
+            transformer.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
+                                               target_modules=list(m.lora_targets)))
+        else:
+            self._ref_copy = copy.deepcopy(transformer).eval()
+            for p in transformer.parameters():
+                p.requires_grad_(True)
+        self.finetune = m.finetune
+        self.transformer = transformer
+        self.features = ShapesFeatures(m.features)
+        self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- prompts ------------------------------------------------------------------------------
+    def train_prompts(self) -> list[world.Prompt]:
+        return world.prompt_split("train")
+
+    def eval_prompts(self, n: int) -> list[world.Prompt]:
+        """The first n eval prompts, interleaving kinds so that every kind is represented."""
+        by_kind: dict[str, list] = {}
+        for p in world.prompt_split("eval"):
+            by_kind.setdefault(p.kind, []).append(p)
+        order = []
+        while any(by_kind.values()):
+            for k in ("full", "free_fg", "free_shape", "free_bg"):
+                if by_kind.get(k):
+                    order.append(by_kind[k].pop(0))
+        return order[:n]
+
+    @staticmethod
+    def prompt_text(p: world.Prompt) -> str:
+        return str(p)
+
+    @staticmethod
+    def paraphrase(p: world.Prompt, rng) -> str:
+        return p.paraphrase(rng)
+
+    # -- model --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> Cond:
+        """Text -> conditioning; each distinct text is encoded once and cached."""
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            h, p = self.text_encoder(self.tokenizer(missing))
+            for i, t in enumerate(missing):
+                self._cache[t] = (h[i], p[i])
+        return Cond(torch.stack([self._cache[t][0] for t in texts]), torch.stack([self._cache[t][1] for t in texts]))
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        t = (1000 * sigma).expand(x.shape[0]) if sigma.ndim == 0 else 1000 * sigma
+        net = self.policy_net()
+        return net(x, cond.hidden, cond.pooled, t, return_dict=False)[0]
+
+    @staticmethod
+    def sigma_schedule(num_steps: int, shift: float) -> torch.Tensor:
+        """The linear schedule (drift/sde.py), as the base model was trained and sampled with."""
+        return sigma_schedule(num_steps, shift, "linear")
+
+    @staticmethod
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    # -- reward and evaluation ------------------------------------------------------------------
+    def reward(self, images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, torch.Tensor]:
+        r = self.reward_cfg
+        return shapes_reward(images, prompts, r.judge, r.w_judge, r.w_size, r.w_center)
+
+    @staticmethod
+    def eval_extras(images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, float]:
+        """Judge-level diversity and quality of (P, S, 3, H, W) eval images.
+
+        diversity/position_std: mean over prompts of the std of the object centroid (x and y averaged);
+        diversity/size_std: mean over prompts of the std of sqrt(area);
+        diversity/free_attr_entropy: for prompts with a free attribute, the entropy of the judged
+        value of that attribute over the S images, divided by log(number of allowed values);
+        quality/no_object_frac, quality/tv (mean absolute difference of neighbouring pixels).
+        """
+        p, s = images.shape[:2]
+        flat = images.flatten(0, 1)
+        v = world.judge(flat)
+        cx, cy, area = (t.view(p, s) for t in (v.cx, v.cy, v.area))
+        has = v.has_object.view(p, s)
+
+        def nanstd(t):
+            out = []
+            for row, ok in zip(t, has):
+                vals = row[ok]
+                out.append(vals.std(unbiased=False) if len(vals) >= 2 else torch.tensor(0.0))
+            return torch.stack(out)
+
+        pos = 0.5 * (nanstd(cx) + nanstd(cy))
+        size = nanstd(area.sqrt())
+        ents = []
+        for i, pr in enumerate(prompts):
+            if pr.kind == "full":
+                continue
+            vals, n_allowed = {
+                "free_fg": (v.fg.view(p, s)[i], len(world.FG_COLOURS) - 1),
+                "free_shape": (v.shape.view(p, s)[i], len(world.SHAPES)),
+                "free_bg": (v.bg.view(p, s)[i], len(world.BG_COLOURS) - 1),
+            }[pr.kind]
+            vals = vals[has[i]]
+            if len(vals) == 0:
+                ents.append(0.0)
+                continue
+            freq = torch.bincount(vals.clamp(min=0)).float()
+            freq = freq[freq > 0] / len(vals)
+            ents.append(float(-(freq * freq.log()).sum()) / math.log(n_allowed))
+        tv = (flat[..., 1:, :] - flat[..., :-1, :]).abs().mean() + (flat[..., 1:] - flat[..., :-1]).abs().mean()
+        return {
+            "diversity/position_std": float(pos.mean()),
+            "diversity/size_std": float(size.mean()),
+            "diversity/free_attr_entropy": float(sum(ents) / len(ents)) if ents else float("nan"),
+            "quality/no_object_frac": float(1 - has.float().mean()),
+            "quality/tv": float(tv / 2),
+        }
+
+
+__all__ = ["ShapesWorld", "ShapesFeatures"]

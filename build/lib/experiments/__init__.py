@@ -1,0 +1,1 @@
+"""Experiment declarations (grids) and their launchers; see docs/sweeps.md."""
