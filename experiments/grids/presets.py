@@ -56,6 +56,19 @@ SD3_BUDGET: dict = {"train.iterations": 300, "eval.every": 50, "checkpoint_every
 see ~1.2K images per epoch for hundreds of epochs). A placeholder to size the GPU-hours, not a tuned value."""
 
 
+SD3_MINUTES: dict = {
+    "iteration": 1.65,  # flow_grpo: 10 sampling steps, 9 trained steps, decode + rewards + features
+    "iteration_reference": 2.13,  # + the reference policy's forward on every trained step (KL, DiverseGRPO)
+    "iteration_oversample2": 2.23,  # 2x oversampled candidates (DRIFT's subset selection)
+    "evaluation": 3.0,  # 24 prompts x 8 seeds, 40 ODE steps
+    "source": "README 'GPU-hours'",
+}
+"""Minutes of one H200 per iteration / evaluation at the ``SD3`` preset, for the dry run's GPU-hour
+estimate: the GPU check's per-layer cost of the mid-sized random SD3 times SD3.5-M's 24 layers (an
+extrapolation, not a measurement of SD3.5-M). They reproduce the README table's 8.6 / 11.0 / 11.5 GPU-h per
+run of 300 iterations and 7 evaluations."""
+
+
 def as_overrides(preset: dict) -> list[str]:
     """A preset as 'key=value' strings (tuples as comma lists) for drift.train / make_config."""
     return [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in preset.items()]
