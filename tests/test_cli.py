@@ -77,7 +77,7 @@ def test_dry_run_writes_nothing_and_says_start_resume_skip_refuse(tmp_path, caps
     # finished: skipped
     for n in ("DONE", "final_eval.json"):
         open(os.path.join(run_dir, n), "w").write("{}")
-    assert main(args(tmp_path, *small, "--dry-run")) == 0
+    assert main(args(tmp_path, "--dry-run")) == 0
     assert "would: skip: finished" in capsys.readouterr().out
     rel = os.path.relpath(run_dir, tmp_path)
     assert files_under(tmp_path) == sorted(before + [os.path.join(rel, n) for n in ("DONE", "config.json", "final_eval.json")])
