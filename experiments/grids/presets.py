@@ -1,10 +1,10 @@
 """Presets shared by grids: worlds (``Grid.worlds``; ``--world NAME`` picks one) and budgets.
 
 ``shapes`` is the embedded pixel-space world (CPU, minutes). ``sd3`` is the real SD3.5-Medium path
-(drift/worlds/sd3, docs/sd3.md) with Flow-GRPO's SD3.5-M settings (shared/reference/methods.md Sec. 2.10);
+(drift/worlds/sd3, docs/sd3.md) with Flow-GRPO's SD3.5-M settings (the table in docs/sd3.md, Settings);
 it needs the weights and GPUs (README "Running on a cluster"). The SD3 grids are pareto_sd3 and
-ablation_sd3 (their knob values are scaled for PickScore rewards); the ``sd3`` world of the embedded grids
-(pareto, ablation, smoke) uses the same preset with the shapes-scaled knobs.
+ablation_sd3 (their knob values are scaled for PickScore rewards); of the embedded grids only smoke has an
+``sd3`` world (the same preset at a tiny budget).
 
 Print a preset as command-line overrides for a single run:
 

@@ -1,1 +1,0 @@
-"""Experiment declarations (grids) and their launchers; see docs/sweeps.md."""
