@@ -202,6 +202,20 @@ def log_to_mlflow(uri: str, experiment: str, artifact_root: str, out: str, param
     return rid
 
 
+def input_runs(ds: aio.Dataset) -> list[dict]:
+    """The runs the analysis read (kept ones): label, method, seed, run directory and MLflow run id
+    (from the MLflow source, or the run directory's mlflow_run.json), for inputs.json and the MLflow tags."""
+    out = []
+    for r in ds.runs.to_dict("records"):
+        rid = r.get("mlflow_run_id") if isinstance(r.get("mlflow_run_id"), str) else None
+        rd = r.get("run_dir") if isinstance(r.get("run_dir"), str) else None
+        if rid is None and rd and os.path.exists(os.path.join(rd, "mlflow_run.json")):
+            with open(os.path.join(rd, "mlflow_run.json")) as f:
+                rid = json.load(f).get("run_id")
+        out.append({"run": r["run"], "method": r["method"], "seed": int(r["seed"]), "run_dir": rd, "mlflow_run_id": rid})
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 def run(a: argparse.Namespace) -> dict:
     ds, exp, default_out = load(a)
@@ -278,6 +292,8 @@ def run(a: argparse.Namespace) -> dict:
     _write(out, "gains.json", json.dumps(doc, indent=1, allow_nan=False, default=_json_default))
     _write(out, "report.md", rep.report_md(meta, gmd, amd, files, ds.warnings, excluded, sample_note))
 
+    inputs = input_runs(ds)
+    _write(out, "inputs.json", json.dumps(inputs, indent=1, default=_json_default))
     if not a.no_mlflow:
         uri = mlflow_uri(a)
         mexp = a.mlflow_experiment or exp or "analysis"
@@ -288,7 +304,10 @@ def run(a: argparse.Namespace) -> dict:
         if abl:
             metrics.update(headline_metrics(abl, "ablation/"))
         try:
-            rid = log_to_mlflow(uri, mexp, art_root, out, params, metrics, {"source": ds.source[:5000]})
+            ids = [r["mlflow_run_id"] for r in inputs if r.get("mlflow_run_id")]
+            link = {"source": ds.source[:5000], "input_runs": str(len(inputs)),
+                    "input_run_ids": ",".join(ids)[:5000]}  # the runs it read; all of them in inputs.json
+            rid = log_to_mlflow(uri, mexp, art_root, out, params, metrics, link)
             doc["mlflow"] = {"uri": uri, "experiment": mexp, "run_id": rid}
         except Exception as e:  # the outputs are written; say clearly that the MLflow copy is not
             doc["mlflow_error"] = f"logging to MLflow {uri} (experiment {mexp!r}) failed: {type(e).__name__}: {e}"

@@ -320,10 +320,11 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
         flat = {k: v for k, v in params.items() if k not in NOT_SCIENCE}
         chash = hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
         run_dir = tags.get("run_dir")
-        opts = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("options.")}
+        opts = {k.split(".", 1)[1]: v for k, v in params.items()  # <method>.<field> (older runs: options.<field>)
+                if k.startswith((f"{tags['method']}.", "options."))}
         runs.append({"run": label, "method": tags["method"], "seed": int(tags.get("seed", params.get("seed", -1))),
                      "config": chash, "run_dir": run_dir, "flat": flat, "ablation": _ablation_options(opts),
-                     "final_step": last, "_hist": hist})
+                     "final_step": last, "_hist": hist, "mlflow_run_id": mr.info.run_id})
     runs = _dedupe(runs, warnings)
     for r in runs:
         hist = r.pop("_hist")

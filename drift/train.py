@@ -34,7 +34,7 @@ from .heartbeat import Heartbeat
 from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob
-from .tracking import Tracker
+from .tracking import Tracker, run_params, run_tags
 from .viz import save_grid
 from .worlds import check_available, make_world
 
@@ -205,8 +205,10 @@ def _code_changes(recorded: dict | None, run_dir: str, allow: bool) -> list[str]
 # ================================================================================================
 # The run
 # ================================================================================================
-def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fault_hook=None) -> dict:
-    """Run (or resume, or skip if finished) one training run; returns the final eval metrics."""
+def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fault_hook=None,
+          tags: dict | None = None) -> dict:
+    """Run (or resume, or skip if finished) one training run; returns the final eval metrics.
+    ``tags``: extra MLflow tags (the sweep's grid, arm and knob values)."""
     check_available(cfg)
     dist.init()  # a no-op unless launched with several processes (torchrun, accelerate launch, Slurm tasks)
     bp = batch_plan(cfg, dist.world_size())  # ConfigError naming the field before anything is written
@@ -273,13 +275,13 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             ema.updates = st["ema_updates"]
         print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
 
-    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir)}
+    mlflow_tags = dist.on_main(lambda: run_tags(cfg, run_dir, tags), default={})
     if changes:
-        tags["resumed_with_changes"] = "; ".join(changes)[:5000]
+        mlflow_tags["resumed_with_changes"] = "; ".join(changes)[:5000]
     tracker = dist.on_main(lambda: Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
-                                           f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
+                                           f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", run_params(cfg),
                                            os.path.join(cfg.out, "mlartifacts"), resume_step=start if ckpt else None,
-                                           tags=tags), default=dist.NullTracker())
+                                           tags=mlflow_tags), default=dist.NullTracker())
     if pending_row is not None and tracker.last_step() < start:  # crashed between checkpoint and log
         tracker.log(start, pending_row)
 
@@ -291,6 +293,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         dist.on_main(lambda: save_grid(imgs[: cfg.eval.grid_prompts], grid))
+        tracker.log_artifact(grid)  # every eval grid, when it is made
         m["sys/eval_seconds"] = time.time() - t
         return m
 
@@ -487,9 +490,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             with open(final_path + ".tmp", "w") as f:
                 json.dump(final, f, indent=1)
             os.replace(final_path + ".tmp", final_path)
-            last_grid = os.path.join(run_dir, "samples", f"eval_{tc.iterations:06d}.png")
-            first_grid = os.path.join(run_dir, "samples", f"eval_{0:06d}.png")
-            for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
+            for pth in (final_path, os.path.join(run_dir, "config.json")):  # the eval grids went with each eval
                 if os.path.exists(pth):
                     tracker.log_artifact(pth)
             tracker.finish("FINISHED")

@@ -299,6 +299,13 @@ class Sweep:
         return 3 if (elsewhere or notrun) else 0
 
 
+def point_tags(sw: Sweep, p: Point) -> dict[str, str]:
+    """MLflow tags of a point: the grid, its arm and world, each swept knob as ``knob.<key>``, and the
+    submitted code's hash (ablation variants of one method are then told apart in the MLflow UI)."""
+    return {"grid": sw.grid.name, "arm": p.arm, "world": sw.world, "submitted_code_hash": sw.code["code_hash"],
+            **{f"knob.{k}": str(v) for k, v in p.knobs.items()}}
+
+
 def _tail(path: str | None, n: int = 3) -> str:
     if not path or not os.path.exists(path):
         return ""
@@ -318,7 +325,7 @@ def run_debug(sw: Sweep, todo: list[Point], code: dict, policy: str) -> None:
         sw.write()
         say(f"#{p.index} start ({p.arm}: {p.label()})")
         try:
-            out = RunJob(p.overrides, code, policy, lock_wait_s=0)()
+            out = RunJob(p.overrides, code, policy, lock_wait_s=0, tags=point_tags(sw, p))()
             if out["status"] == "locked":
                 sw.set(p, status="running", detail=out["detail"])
             else:
@@ -354,7 +361,7 @@ def run_local(sw: Sweep, todo: list[Point], code_path: str, policy: str, paralle
                 logf.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {sw.grid.name} point #{p.index}\n")
                 logf.flush()
                 cmd = [sys.executable, "-m", "drift.launch", "--overrides", json.dumps(p.overrides),
-                       "--code", code_path, "--code-policy", policy]
+                       "--code", code_path, "--code-policy", policy, "--tags", json.dumps(point_tags(sw, p))]
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
                 _write_json(os.path.join(rd, JOB_MARKER), {"executor": "local", "job_id": f"local:{proc.pid}",
                                                            "log": log, "submitted": time.time()})
@@ -418,7 +425,7 @@ def run_slurm(sw: Sweep, todo: list[Point], code: dict, policy: str, prof: Slurm
     jobs = []
     with ex.batch():
         for p in todo:
-            jobs.append(ex.submit(RunJob(p.overrides, code, policy)))
+            jobs.append(ex.submit(RunJob(p.overrides, code, policy, tags=point_tags(sw, p))))
     array = jobs[0].job_id.split("_")[0] if jobs else "?"
     say(f"submitted {len(jobs)} task(s) as Slurm array {array} (at most {prof.array_parallelism} at once); "
         f"logs in {folder}")

@@ -450,6 +450,11 @@ def test_mlflow_source_and_analysis_run(tmp_path):
     arts = {a.path for a in client.list_artifacts(ana.info.run_id)}
     assert {"pareto.png", "pareto.pdf", "curves.png", "gains.json", "gains.md", "gains.tex", "report.md"} <= arts
     assert "diversity_gain_at_equal_alignment/drift_vs_flow_grpo/mean" in ana.data.metrics
+    # the analysis run links the runs it read (the FAILED one was not read)
+    read = {r.info.run_id for r in client.search_runs([exp_id]) if r.data.tags.get("kind") != "analysis"
+            and r.info.status == "FINISHED"}
+    assert set(ana.data.tags["input_run_ids"].split(",")) == read and ana.data.tags["input_runs"] == "4"
+    assert "inputs.json" in arts and {r["mlflow_run_id"] for r in json.load(open(out / "inputs.json"))} == read
     # a second analysis ignores the first analysis run when reading the experiment
     ds = aio.load_mlflow(uri, "pareto")
     assert len(ds.runs) == 4 and not any("analysis" in w for w in ds.warnings)

@@ -109,14 +109,43 @@ def test_heartbeat_cadence():
     assert silent == []
 
 
-def test_heartbeat_lines_in_a_quiet_run(tmp_path, capsys, monkeypatch):
-    """A real (tiny) run with the progress bar off prints a heartbeat line per iteration here."""
+def test_a_sweep_point_logs_cli_names_tags_every_grid_and_heartbeats(tmp_path, capsys, monkeypatch):
+    """One real (tiny) sweep point, in-process with the progress bar off: heartbeat lines in its stdout;
+    MLflow params named as on the command line, the sweep's tags, every eval grid; then the dry run
+    says the run would be skipped."""
+    from mlflow.tracking import MlflowClient
+
+    from experiments import sweep
+
     monkeypatch.setenv("DRIFT_HEARTBEAT_EVERY", "1")
-    small = ["train.iterations=2", "eval.every=2", "eval.num_prompts=2", "checkpoint_every=2"]  # the cheapest run
-    assert main(args(tmp_path, *small, "--quiet")) == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    small = ["train.iterations=2", "eval.every=1", "eval.num_prompts=2", "checkpoint_every=2"]
+    rc = sweep.main(["--grid", "smoke", "--executor", "debug", "--only", "3", "--out", str(tmp_path),
+                     "--tracking-uri", uri, *[a for s in small for a in ("--set", s)]])
+    assert rc == 3  # 'incomplete': the other points were left out with --only
     out = capsys.readouterr().out
+    assert "done 1/4" in out, out
     beats = [ln for ln in out.splitlines() if ln.startswith("[drift] heartbeat: ")]
     assert [b.split("iteration ")[1].split(" ")[0] for b in beats] == ["1/2", "2/2"], out
     assert all("reward " in b and "diversity " in b and "s/iter" in b and "ETA" in b and "peak mem" in b for b in beats)
-    assert main(args(tmp_path, *small, "--dry-run")) == 0
+
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    params, tags = run.data.params, run.data.tags
+    assert params["drift.lam"] == "1.0" and params["drift.subset"] == "densest"
+    assert not any(k.startswith("options.") for k in params), sorted(params)
+    assert params["train.iterations"] == "2"
+    assert tags["grid"] == "smoke" and tags["arm"] == "drift" and tags["knob.drift.lam"] == "1.0"
+    assert tags["seed"] == "0" and tags["method"] == "drift" and tags["world"] == "shapes"
+    from drift.launch import code_state
+
+    assert tags["code_hash"] == code_state()["code_hash"] == tags["submitted_code_hash"]
+    assert tags["git_sha"]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval_000000.png", "eval_000001.png", "eval_000002.png", "final_eval.json", "config.json"} <= arts
+
+    overrides = [f"{k}={v}" for k, v in sweep.expand(sweep.load("smoke"), extra=dict(s.split("=") for s in small),
+                                                     common={"experiment": "smoke", "out": str(tmp_path), "threads": 1,
+                                                             "tracking_uri": uri})[3].overrides.items()]
+    assert main([*overrides, "--dry-run"]) == 0
     assert "would: skip: finished" in capsys.readouterr().out
