@@ -147,3 +147,23 @@ def test_console_scripts_resolve():
     include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
     for pkg in ("drift*", "baselines*", "experiments*", "analysis*"):
         assert pkg in include, f"{pkg} is not packaged: a non-editable install would lack it"
+
+
+def test_a_world_without_its_extra_fails_naming_it(monkeypatch):
+    """The SD3 world in a core-only install: a ConfigError naming the missing modules and the [sd3] extra,
+    before anything is imported or written; the shapes world needs none of them."""
+    import importlib.util
+
+    from drift.config import ConfigError, make_config
+    from drift.worlds import EXTRAS, check_available, check_extras
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("dreamsim", "open_clip") else real(name, *a))
+    try:
+        check_extras("sd3")
+        raise AssertionError("no error without dreamsim")
+    except ConfigError as e:
+        assert "[sd3] extra" in str(e) and "'open_clip'" in str(e) and "'dreamsim'" in str(e) and "pip install" in str(e)
+    check_available(make_config([]))  # shapes: fine without them
+    extra_pkgs = {_req_name(r)[0] for r in _pyproject()["project"]["optional-dependencies"]["sd3"]}
+    assert len(EXTRAS["sd3"][1]) == len(extra_pkgs)  # one import name per package of the [sd3] extra
