@@ -483,6 +483,6 @@ def variant_labels(runs: pd.DataFrame) -> dict[str, str]:
         keys = sorted({k for f in flats for k in f})
         diff = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
         for run, f in zip(g["run"], flats):
-            parts = [f"{k.removeprefix('options.')}={f.get(k)}" for k in diff]
+            parts = [f"{k.removeprefix('options.').removeprefix(method + '.')}={f.get(k)}" for k in diff]
             out[run] = method + (f" ({', '.join(parts)})" if parts else "")
     return out
