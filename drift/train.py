@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .advantages import group_advantages, ppo_clip_loss
 from .checkpoint import load_latest, save_checkpoint, sha256_file
-from .config import ConfigError, RunConfig, diff_configs, make_config
+from .config import ConfigError, RunConfig, diff_configs
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
 from .heartbeat import Heartbeat
