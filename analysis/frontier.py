@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = ap.add_argument_group("input")
     g.add_argument("--source", choices=("runs", "mlflow", "csv"), default=None,
                    help="where points come from (default: csv if --csv is given, else run directories)")
-    g.add_argument("--runs-dir", default=os.path.join(ROOT, "runs"), help="runs root (default: %(default)s)")
+    runs = os.path.join(ROOT if os.path.exists(os.path.join(ROOT, "pyproject.toml")) else os.getcwd(), "runs")
+    g.add_argument("--runs-dir", default=runs, help="runs root (default: %(default)s; from an installed package ./runs)")
     g.add_argument("--experiment", "--grid", dest="experiment", default=None,
                    help="experiment (= sweep grid name) folder under --runs-dir / MLflow experiment (default: the most recently "
                         "modified <runs>/*/sweep.json's, else every run under --runs-dir)")
