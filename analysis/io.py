@@ -301,10 +301,11 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
         flat = {k: v for k, v in params.items() if k not in NOT_SCIENCE}
         chash = science_hash(flat)  # of the flat string params: stable per config, not the run directory's hash
         run_dir = tags.get("run_dir")
-        opts = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("options.")}
+        opts = {k.split(".", 1)[1]: v for k, v in params.items()  # <method>.<field> (older runs: options.<field>)
+                if k.startswith((f"{tags['method']}.", "options."))}
         runs.append({"run": label, "method": tags["method"], "seed": int(tags.get("seed", params.get("seed", -1))),
                      "config": chash, "run_dir": run_dir, "flat": flat, "ablation": _ablation_options(opts),
-                     "final_step": last, "_hist": hist})
+                     "final_step": last, "_hist": hist, "mlflow_run_id": mr.info.run_id})
     runs = _dedupe(runs, warnings)
     for r in runs:
         hist = r.pop("_hist")
@@ -463,6 +464,6 @@ def variant_labels(runs: pd.DataFrame) -> dict[str, str]:
         keys = sorted({k for f in flats for k in f})
         diff = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
         for run, f in zip(g["run"], flats):
-            parts = [f"{k.removeprefix('options.')}={f.get(k)}" for k in diff]
+            parts = [f"{k.removeprefix('options.').removeprefix(method + '.')}={f.get(k)}" for k in diff]
             out[run] = method + (f" ({', '.join(parts)})" if parts else "")
     return out

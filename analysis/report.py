@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .io import METHOD_NAMES  # noqa: E402
+from . import style  # noqa: E402
+from .io import COMPONENTS, METHOD_NAMES, ablation_label  # noqa: E402
 
 DASH = "—"
 
@@ -94,14 +95,20 @@ GAIN_TITLES = {
 }
 
 
+HV_ONE_SIDED = ("Hypervolume CI: a bootstrap resample can only drop runs from a pooled front (repeats add nothing), "
+                "so a resampled hypervolume never exceeds the estimate; the interval is one-sided (its upper end is at "
+                "most the estimate) and says how much the number depends on which seeds ran, not a symmetric error bar.")
+
+
 def methods_table(res: dict, title: str = "Methods") -> Table:
     rows = []
     for lab, r in res["labels"].items():
         rows.append([name(lab), f"{r['runs']} ({r['configs']})", str(len(r["seeds"])), str(len(r["front"])),
                      cell(r["final_alignment"]), cell(r["final_diversity"]), cell(r["hypervolume"])])
     notes = [f"{name(lab)}: {r['hypervolume']['note']}" for lab, r in res["labels"].items() if r["hypervolume"].get("note")]
+    notes.append(HV_ONE_SIDED)
     return Table(title, ["Method", "Runs (configs)", "Seeds", "Front points", "Final alignment", "Final diversity",
-                         "Hypervolume"], rows, notes)
+                         "Hypervolume (CI one-sided, see note)"], rows, notes)
 
 
 def gain_tables(res: dict) -> list[Table]:
@@ -194,84 +201,176 @@ def ablation_table(res: dict, order: list[str], reference: str | None, component
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
-def colours(labels: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {lab: cmap(i % 10) for i, lab in enumerate(labels)}
+def knob_text(variant: str) -> str:
+    """'drift (lam=0.5)' -> 'λ=0.5'; the method's own name when nothing is swept."""
+    inner = variant.partition(" (")[2].rstrip(")")
+    if not inner:
+        return ""
+    greek = {"lam": "λ", "beta": "β", "gamma": "γ", "sigma": "σ"}
+    kv = dict(x.partition("=")[::2] for x in inner.split(", "))
+    kv = {k.rsplit(".", 1)[-1]: v for k, v in kv.items()}
+    parts = []
+    comps = [f for f, _ in COMPONENTS]
+    if any(f in kv for f in comps):  # DRIFT's components: the ablation's name ('− shaping'), not three fields
+        parts.append(ablation_label({f: kv.pop(f, "on") for f in comps}))
+    parts += [f"{greek.get(k, k)}={v}" for k, v in kv.items()]
+    return ", ".join(parts)
 
 
 def pareto_figure(res: dict, points: pd.DataFrame, label_col: str, base: tuple | None, interp: str, stem: str,
-                  keys: tuple[str, str], title: str = "Alignment–diversity fronts") -> list[str]:
-    """All points faint, each label's front bold with its bootstrap band, the base model marked. Writes
-    <stem>.png and <stem>.pdf."""
-    labels = list(res["labels"])
-    col = colours(labels)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for lab in labels:
-        p = points[points[label_col] == lab]
-        ax.scatter(p["alignment"], p["diversity"], s=10, color=col[lab], alpha=0.2, linewidths=0)
-        fr = np.asarray(res["labels"][lab]["front"])
-        band = res["labels"][lab]["front_band"]
-        lo = np.array([np.nan if v is None else v for v in band["diversity_lo"]])
-        hi = np.array([np.nan if v is None else v for v in band["diversity_hi"]])
-        if np.isfinite(lo).any():
-            ax.fill_between(band["alignment"], lo, hi, color=col[lab], alpha=0.15, linewidth=0,
-                            step="pre" if interp == "staircase" else None)
-        if len(fr):
-            ax.plot(fr[:, 0], fr[:, 1], "o", color=col[lab], ms=4)
-            ax.step(fr[:, 0], fr[:, 1], where="pre", color=col[lab], lw=2, label=name(lab)) if interp == "staircase" \
-                else ax.plot(fr[:, 0], fr[:, 1], color=col[lab], lw=2, label=name(lab))
-    if base:
-        ax.plot([base[0]], [base[1]], "*", color="black", ms=12, label="base model")
-    ax.set_xlabel(f"alignment ({keys[0]})")
-    ax.set_ylabel(f"diversity ({keys[1]})")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+                  keys: tuple[str, str], title: str = "Alignment–diversity fronts", variants: dict | None = None,
+                  ci: float = 0.95, n_boot: int | None = None) -> list[str]:
+    """Writes <stem>.png and <stem>.pdf of ``pareto_axes``."""
+    fig = pareto_axes(res, points, label_col, base, interp, keys, title, variants, ci, n_boot)
     paths = [stem + ".png", stem + ".pdf"]
     for pth in paths:
-        fig.savefig(pth, dpi=150)
+        fig.savefig(pth, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return paths
 
 
-def _mean_ci(x: np.ndarray, ci: float = 0.95) -> tuple[float, float, float]:
-    """Mean and t-interval over seeds; the interval is NaN with a single seed."""
-    from scipy import stats
+def pareto_axes(res: dict, points: pd.DataFrame, label_col: str, base: tuple | None, interp: str,
+                keys: tuple[str, str], title: str = "Alignment–diversity fronts", variants: dict | None = None,
+                ci: float = 0.95, n_boot: int | None = None):
+    """Every evaluation point faint; each label's front (bold staircase) in its fixed colour, with its
+    bootstrap band (light fill, dashed edges); each front point's marker shape names the knob value of
+    the run that gave it (``variants``: run -> 'method (knob=v)'); the base model a black star. The
+    legend explains lines, markers, bands and dots."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    labels = style.order(res["labels"])
+    fig, ax = plt.subplots(figsize=(7.8, 4.9))
+    handles: list = []
+    for lab in labels:
+        c = style.colour(lab)
+        p = points[points[label_col] == lab]
+        ax.scatter(p["alignment"], p["diversity"], s=9, color=c, alpha=0.25, linewidths=0, zorder=1)
+        fr = np.asarray(res["labels"][lab]["front"])
+        band = res["labels"][lab]["front_band"]
+        lo = np.array([np.nan if v is None else v for v in band["diversity_lo"]])
+        hi = np.array([np.nan if v is None else v for v in band["diversity_hi"]])
+        stepkw = {"step": "pre"} if interp == "staircase" else {}
+        if np.isfinite(lo).any():
+            ax.fill_between(band["alignment"], lo, hi, color=c, alpha=0.10, linewidth=0, zorder=2, **stepkw)
+            for edge in (lo, hi):
+                (ax.step(band["alignment"], edge, where="pre", color=c, lw=0.7, ls="--", alpha=0.8, zorder=2)
+                 if interp == "staircase" else ax.plot(band["alignment"], edge, color=c, lw=0.7, ls="--", alpha=0.8))
+        if not len(fr):
+            continue
+        if interp == "staircase":
+            ax.step(fr[:, 0], fr[:, 1], where="pre", color=c, lw=2, zorder=3)
+        else:
+            ax.plot(fr[:, 0], fr[:, 1], color=c, lw=2, zorder=3)
+        handles.append(Line2D([], [], color=c, lw=2, label=f"{style.display(lab)} front"))
+        knobs = _front_knobs(fr, p, variants)
+        values = sorted({k for k in knobs if k}, key=_natural)
+        for kv in values or [""]:
+            m = style.MARKERS[(values.index(kv) if kv in values else 0) % len(style.MARKERS)]
+            sel = [i for i, k in enumerate(knobs) if k == kv]
+            ax.scatter(fr[sel, 0], fr[sel, 1], marker=m, s=34, color=c, edgecolors="white", linewidths=0.6, zorder=4)
+            if kv:
+                handles.append(Line2D([], [], marker=m, ls="", color=c, markeredgecolor="white", ms=6,
+                                      label=f"    {kv}"))
+    if base:
+        ax.plot([base[0]], [base[1]], "*", color="black", ms=12, zorder=5)
+        handles.append(Line2D([], [], marker="*", ls="", color="black", ms=10, label="base model (iteration 0)"))
+    n_seeds = sorted({len(r["seeds"]) for r in res["labels"].values()})
+    seeds = "/".join(map(str, n_seeds))
+    handles.append(Patch(facecolor="0.6", alpha=0.3, edgecolor="0.3", ls="--",
+                         label=f"shaded: {ci:.0%} bootstrap band of the front\n(runs resampled within each config, "
+                               f"{seeds} seeds{f', {n_boot} resamples' if n_boot else ''})"))
+    handles.append(Line2D([], [], marker="o", ls="", color="0.5", alpha=0.35, ms=4,
+                          label="dots: every evaluation of every run"))
+    if any(h.get_label().startswith("    ") for h in handles):
+        handles.append(Line2D([], [], ls="", label="markers: the knob value of the run\nthat gave each front point"))
+    style.axis_label(ax, keys[0], "x")
+    style.axis_label(ax, keys[1], "y")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    style.metric_keys(fig)
+    return fig
+
+
+def _natural(s: str):
+    """Sort 'λ=0.5' < 'λ=2.0' numerically where the value is a number."""
+    v = s.partition("=")[2]
+    try:
+        return (0, float(v), s)
+    except ValueError:
+        return (1, 0.0, s)
+
+
+def _front_knobs(fr: np.ndarray, p: pd.DataFrame, variants: dict | None) -> list[str]:
+    """The knob text of the run behind each front point ('' where unknown or nothing is swept)."""
+    out = []
+    for a, d in fr:
+        rows = p[(p["alignment"] == a) & (p["diversity"] == d)]
+        run = rows["run"].iloc[0] if len(rows) else None
+        out.append(knob_text(variants.get(run, "")) if variants and run is not None else "")
+    return out
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean and mean ± one standard error over seeds (NaN band with a single seed)."""
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return np.nan, np.nan, np.nan
     m = float(x.mean())
     if len(x) < 2:
         return m, np.nan, np.nan
-    h = float(stats.t.ppf((1 + ci) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return m, m - h, m + h
+    se = float(x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - se, m + se
 
 
 def curves_figure(points: pd.DataFrame, variants: dict[str, str], path: str, keys: tuple[str, str]) -> str:
-    """Alignment and diversity vs training step per variant: mean over seeds with a 95% t-interval."""
-    p = points.assign(variant=points["run"].map(variants))
-    labs = sorted(p["variant"].dropna().unique())
-    col = colours(labs)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, colname, key in zip(axes, ("alignment", "diversity"), keys):
-        for lab in labs:
-            g = p[p["variant"] == lab]
-            steps = sorted(g["step"].unique())
-            stats = np.array([_mean_ci(g[g["step"] == s_][colname].to_numpy(float)) for s_ in steps])
-            ax.plot(steps, stats[:, 0], color=col[lab], lw=1.5, label=lab)
-            ax.fill_between(steps, stats[:, 1], stats[:, 2], color=col[lab], alpha=0.2, linewidth=0)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(f"{colname} ({key})")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.suptitle("Evaluation metrics vs step (mean over seeds, 95% CI)")
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)  # outside: labels can be long
+    """Writes ``curves_axes`` to ``path``."""
+    fig = curves_axes(points, variants, keys)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def curves_axes(points: pd.DataFrame, variants: dict[str, str], keys: tuple[str, str]):
+    """Alignment (top row) and diversity (bottom row) vs iteration, one column per method: each knob value
+    a shade of the method's colour, the mean over seeds with a band of ± one standard error; rows share
+    their y-axis so methods compare across panels."""
+    p = points.assign(variant=points["run"].map(variants))
+    p = p[p["variant"].notna()]
+    p = p.assign(method=p["variant"].str.partition(" (")[0])
+    methods = style.order(p["method"].unique())
+    fig, axes = plt.subplots(2, len(methods), figsize=(3.3 * len(methods) + 0.6, 6.2), sharex=True, sharey="row",
+                             squeeze=False)
+    n_seeds = set()
+    for j, method in enumerate(methods):
+        g_m = p[p["method"] == method]
+        labs = sorted(g_m["variant"].unique(), key=lambda v: _natural(knob_text(v)))
+        for row, (colname, key) in enumerate(zip(("alignment", "diversity"), keys)):
+            ax = axes[row, j]
+            for i, lab in enumerate(labs):
+                g = g_m[g_m["variant"] == lab]
+                steps = sorted(g["step"].unique())
+                stats = np.array([_mean_se(g[g["step"] == s_][colname].to_numpy(float)) for s_ in steps])
+                n_seeds |= {int(g[g["step"] == s_]["seed"].nunique()) for s_ in steps}
+                c = style.shade(style.colour(method), i, len(labs))
+                ax.plot(steps, stats[:, 0], color=c, lw=1.6, marker="o", ms=3, label=knob_text(lab) or style.display(method))
+                ax.fill_between(steps, stats[:, 1], stats[:, 2], color=c, alpha=0.18, linewidth=0)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(style.display(method), color=style.colour(method), fontweight="bold")
+                ax.legend(fontsize=7, loc="best", frameon=False)
+            if j == 0:
+                style.axis_label(ax, key, "y")
+            if row == 1:
+                ax.set_xlabel("iteration")
+    seeds = "/".join(map(str, sorted(n_seeds))) or "?"
+    fig.suptitle(f"Evaluation metrics vs iteration: line = mean over seeds (n = {seeds}), band = ± 1 standard error",
+                 fontsize=10)
+    fig.tight_layout()
+    style.metric_keys(fig)
+    return fig
 
 
 def matched_levels(res: dict, n: int = 3) -> tuple[np.ndarray, str]:
@@ -331,7 +430,7 @@ def samples_figure(res: dict, points: pd.DataFrame, label_col: str, path: str) -
             else:
                 ax.imshow(np.asarray(Image.open(pk["samples"]).convert("RGB")))
             if pk:
-                ax.set_title(f"{name(lab)} (step {pk['step']})\na={pk['alignment']:.3f} d={pk['diversity']:.3f}",
+                ax.set_title(f"{name(lab)} (iteration {pk['step']})\na={pk['alignment']:.3f} d={pk['diversity']:.3f}",
                              fontsize=7)
             else:
                 ax.set_title(name(lab), fontsize=7)

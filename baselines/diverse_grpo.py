@@ -1,5 +1,5 @@
 """DiverseGRPO-style (Liu et al., arXiv 2512.21514, CVPR 2026), as read from secondary notes
-(shared/reference/methods.md Sec. 4; no public code exists).
+(no public code exists; what we implement and which choices are ours: docs/methods.md, DiverseGRPO).
 
 Differs from Flow-GRPO by:
 1. A distributional creativity bonus (reward level). Per group of N images: pairwise feature

@@ -570,5 +570,4 @@ def help_text() -> str:
         d = docs(spec.options_cls)
         for f in dataclasses.fields(spec.options_cls):
             lines.append(f"      {name}.{f.name}={f.default!r}  {d.get(f.name, '')}")
-    lines.append("\nFlags: --allow-resume-with-changes, --quiet")
     return "\n".join(lines)

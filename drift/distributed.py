@@ -2,7 +2,7 @@
 
 One process per GPU (or per CPU process in the tests, gloo backend). The process group is set up
 from the standard environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
-that ``torchrun`` and ``accelerate launch`` export, or from Slurm/submitit for multi-task jobs
+that ``torchrun`` (and ``accelerate launch``, untested) export, or from Slurm/submitit for multi-task jobs
 (``export_slurm_env``). Without them (WORLD_SIZE unset or 1) every function here is the identity
 or a no-op, so a single-process run does exactly what it did before this module existed.
 

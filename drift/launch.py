@@ -252,8 +252,9 @@ class RunJob:
     """
 
     def __init__(self, overrides: dict, code: dict | None = None, code_policy: str = "refuse",
-                 lock_wait_s: float = 30.0):
+                 lock_wait_s: float = 30.0, tags: dict | None = None):
         self.overrides = dict(overrides)  # typed values, exactly as the sweep validated them
+        self.tags = dict(tags or {})  # MLflow tags from the sweep: grid, arm, world, knob.<key>, submitted code
         self.code = code  # code_state() at submission (files may be left out; then only the hash is shown)
         self.code_policy = code_policy
         self.lock_wait_s = lock_wait_s
@@ -299,7 +300,7 @@ class RunJob:
             try:
                 # code_policy warn/ignore accepts other code: also for the checkpoint's code check in train
                 final = train(cfg, progress=False, allow_changes=self.code_policy != "refuse",
-                              on_phase=_hold_hook(run_dir))
+                              on_phase=_hold_hook(run_dir), tags=self.tags)
             except SystemExit:  # submitit's requeue exit: the run continues when the task restarts
                 raise
             except BaseException as e:  # a crash, "timed-out too many times", Ctrl-C: not left RUNNING
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", default="", help="JSON code_state() recorded at submission, or a path to it")
     ap.add_argument("--code-policy", default="refuse", choices=("refuse", "warn", "ignore"))
     ap.add_argument("--lock-wait-s", type=float, default=30.0)
+    ap.add_argument("--tags", default="{}", help="JSON object of extra MLflow tags (the sweep's grid, arm, knobs)")
     a = ap.parse_args(argv)
     # SIGTERM (the local sweep stopping its points) becomes KeyboardInterrupt: the run is marked KILLED
     # in MLflow on the way out; its last checkpoint stays and a re-run resumes from it.
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.code:
         code = json.loads(_read(a.code) if os.path.exists(a.code) else a.code)
     try:
-        out = RunJob(json.loads(a.overrides), code, a.code_policy, a.lock_wait_s)()
+        out = RunJob(json.loads(a.overrides), code, a.code_policy, a.lock_wait_s, json.loads(a.tags))()
     except CodeChanged as e:
         print(f"[launch] refused: {e}", flush=True)
         return 4

@@ -5,7 +5,7 @@ velocity v = x1 - x0. A schedule sigma_0 = 1 > sigma_1 > ... > sigma_N = 0 is wa
 dt = sigma_{i+1} - sigma_i < 0.
 
 Adapted from the formulas of flow_grpo/diffusers_patch/sd3_sde_with_logprob.py (yifan123/flow_grpo
-@ac4c86e) as described in shared/reference/methods.md Sec. 2.2-2.4; written anew as pure functions.
+@ac4c86e), written anew as pure functions; the formulas in our notation: docs/methods.md (Shared engine).
 """
 
 from __future__ import annotations

@@ -42,6 +42,28 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_params(cfg) -> dict:
+    """The run's MLflow params: the config as on the command line, so the method's options are
+    ``<method>.<field>`` (e.g. ``flow_grpo_kl.beta``, ``diverse_grpo.beta``), never an ambiguous ``options.*``."""
+    d = cfg.to_dict()
+    d[cfg.method] = d.pop("options")
+    return d
+
+
+def run_tags(cfg, run_dir: str, extra: dict | None = None) -> dict[str, str]:
+    """The run's MLflow tags: method, seed, run directory, experiment, code hash and git sha (of the
+    code on disk, ``drift.launch.code_state``), plus ``extra`` from the sweep (grid, arm, world,
+    ``knob.<key>`` for each swept value, and the submitted code's hash)."""
+    from .launch import code_state
+
+    code = code_state()
+    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir),
+            "experiment": cfg.experiment, "world": cfg.model.world, "code_hash": code["code_hash"],
+            "git_sha": code["git_sha"] + (" (dirty)" if code["git_dirty"] else "")}
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
              "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED"}
 """MLflow error codes that a retry cannot fix (e.g. "Changing param values is not allowed")."""

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import load_latest, save_checkpoint, sha256_file
-from .config import ConfigError, RunConfig, diff_configs, help_text, make_config
+from .config import RunConfig, diff_configs
+from .errors import ConfigError
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
 from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
@@ -34,7 +35,8 @@ from .ppo import ppo_update
 from .rundir import NON_SCIENCE_KEYS, RunDir
 from .sampling import sample_trajectories
 from .state import TrainState
-from .tracking import Tracker
+from .heartbeat import Heartbeat
+from .tracking import Tracker, run_params, run_tags
 from .viz import save_grid
 from .worlds import check_available, make_world
 
@@ -74,22 +76,28 @@ def folder_fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
+def config_changes(cfg: RunConfig) -> tuple[dict, list[str]]:
+    """(config.json's new content, its differences from the run directory's config.json); reads only."""
+    path = RunDir(cfg.run_dir()).config
+    new = cfg.to_dict()
+    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
+    if not os.path.exists(path):
+        return new, []
+    with open(path) as f:
+        old = json.load(f)
+    return new, [c for c in diff_configs(old, new) if c.split(":")[0] not in NON_SCIENCE_KEYS]
+
+
 def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, list[str]]:
     """Create the run directory and write config.json; on an existing one, refuse a changed config
     or a changed model/feature-net content (``model_fingerprint``) with a readable diff."""
     run_dir = cfg.run_dir()
     os.makedirs(run_dir, exist_ok=True)
     path = RunDir(run_dir).config
-    new = cfg.to_dict()
-    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
-    changes: list[str] = []
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        changes = [c for c in diff_configs(old, new) if c.split(":")[0] not in NON_SCIENCE_KEYS]
-        if changes and not allow_changes:
-            raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
-                              + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
+    new, changes = config_changes(cfg)
+    if changes and not allow_changes:
+        raise ConfigError(f"run directory {run_dir} holds a run with a different config:\n  " + "\n  ".join(changes)
+                          + "\nuse --allow-resume-with-changes to resume anyway (recorded as an MLflow tag)")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(new, f, indent=1, default=str)
@@ -151,10 +159,12 @@ def _no_phase(phase: str, iteration: int) -> None:
     pass
 
 
-def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on_phase=None) -> dict:
+def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on_phase=None,
+          tags: dict | None = None) -> dict:
     """Run (or resume, or skip if finished) one training run; returns the final eval metrics.
 
-    ``on_phase(phase, iteration)``: called at each of ``PHASES`` (see there), or None."""
+    ``on_phase(phase, iteration)``: called at each of ``PHASES`` (see there), or None.
+    ``tags``: extra MLflow tags (the sweep's grid, arm and knob values)."""
     check_available(cfg)
     dist.init()  # a no-op unless launched with several processes (torchrun, accelerate launch, Slurm tasks)
     bp = batch_plan(cfg, dist.world_size())  # ConfigError naming the field before anything is written
@@ -183,14 +193,15 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
         state = TrainState.from_checkpoint(params, tc, cfg.seed, *ckpt)
         changes = changes + _code_changes(ckpt[2].get("code"), run_dir, allow_changes)  # the code the run used
         print(f"[drift] resumed from checkpoint at iteration {state.iteration} in {run_dir}", flush=True)
-    tracker = _open_tracker(cfg, run_dir, changes, resumed=ckpt is not None, start=state.iteration)
+    tracker = _open_tracker(cfg, run_dir, changes, resumed=ckpt is not None, start=state.iteration, extra_tags=tags)
     if state.pending_row is not None and tracker.last_step() < state.iteration:  # crashed between checkpoint and log
         tracker.log(state.iteration, state.pending_row)
     try:
         if state.iteration == 0:
-            tracker.log(0, eval_set.run(world, state.ema, run_dir, 0))
+            tracker.log(0, eval_set.run(world, state.ema, run_dir, 0, tracker))
         bar = tqdm(range(state.iteration, tc.iterations), desc=f"{cfg.method} seed{cfg.seed}", mininterval=2,
                    disable=not (progress and dist.is_main()), initial=state.iteration, total=tc.iterations)
+        heartbeat = Heartbeat(tc.iterations, state.iteration, enabled=dist.is_main(), write=tqdm.write)  # job logs
         for it in bar:
             t_iter, sw, m = time.time(), Stopwatch(), {}
             # ============================================================================================
@@ -255,7 +266,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             # ============================================================================================
             step = state.iteration = it + 1
             if step % cfg.eval.every == 0 or step == tc.iterations:
-                m.update(eval_set.run(world, state.ema, run_dir, step))
+                m.update(eval_set.run(world, state.ema, run_dir, step, tracker))
             m["sys/iter_seconds"] = time.time() - t_iter
             m = dist.reduce_metrics(m, hooks.reduction)  # the per-rank metrics the contract declares
             if step % cfg.checkpoint_every == 0 or step == tc.iterations:
@@ -265,6 +276,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             on_phase("log", it)
             tracker.log(step, m)
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
+            heartbeat.beat(step, m)
         return dist.on_main(lambda: _finish(run_dir, tracker, tc.iterations), share=True)
     except BaseException as e:  # leave no MLflow run RUNNING; the last checkpoint is kept
         tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -304,24 +316,26 @@ class EvalSet:
         self.prompts = world.eval_prompts(cfg.eval.num_prompts)
         self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds)
 
-    def run(self, world, ema, run_dir: str, step: int) -> dict:
+    def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
         t, S = time.time(), self.cfg.sample
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift)
         grid = RunDir(run_dir).eval_grid(step)
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         dist.on_main(lambda: save_grid(imgs[: self.cfg.eval.grid_prompts], grid))
+        tracker.log_artifact(grid)  # every eval grid, when it is made
         m["sys/eval_seconds"] = time.time() - t
         return m
 
 
-def _open_tracker(cfg: RunConfig, run_dir: str, changes: list[str], resumed: bool, start: int):
+def _open_tracker(cfg: RunConfig, run_dir: str, changes: list[str], resumed: bool, start: int,
+                  extra_tags: dict | None = None):
     """The MLflow tracker on rank 0 (a no-op one elsewhere), resuming the run's MLflow run if any."""
-    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir)}
+    tags = dist.on_main(lambda: run_tags(cfg, run_dir, extra_tags), default={})
     if changes:
         tags["resumed_with_changes"] = "; ".join(changes)[:5000]
     return dist.on_main(lambda: Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
-                                        f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", cfg.to_dict(),
+                                        f"{cfg.method}/{cfg.science_hash()}/seed{cfg.seed}", run_params(cfg),
                                         os.path.join(cfg.out, "mlartifacts"), resume_step=start if resumed else None,
                                         tags=tags), default=dist.NullTracker())
 
@@ -351,7 +365,7 @@ def _finish(run_dir: str, tracker, iterations: int) -> dict:
     with open(final_path + ".tmp", "w") as f:
         json.dump(final, f, indent=1)
     os.replace(final_path + ".tmp", final_path)
-    for pth in (rd.eval_grid(0), rd.eval_grid(iterations), final_path, rd.config):
+    for pth in (final_path, rd.config):  # the eval grids went with each evaluation
         if os.path.exists(pth):
             tracker.log_artifact(pth)
     tracker.finish("FINISHED")
@@ -371,26 +385,10 @@ def _last_eval(run_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print(help_text())
-        return 0
-    allow = "--allow-resume-with-changes" in argv
-    quiet = "--quiet" in argv
-    items = [a for a in argv if not a.startswith("--")]
-    try:
-        cfg = make_config(items)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    dist.init()  # under torchrun / accelerate launch: one process per rank, rank 0 prints
-    if dist.is_main():
-        print(f"[drift] run directory: {cfg.run_dir()}", flush=True)
-    final = train(cfg, progress=not quiet, allow_changes=allow)
-    if dist.is_main():
-        print(json.dumps(final["final"], indent=1))
-    return 0
+    """``python -m drift.train``: the command line lives in drift/cli.py."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

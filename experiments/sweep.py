@@ -38,7 +38,10 @@ from drift.launch import RunJob, RunLock, code_state  # noqa: E402
 from drift.rundir import NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, is_done  # noqa: E402
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
 
-SLURM_DIR = os.path.join(ROOT, "slurm")
+CHECKOUT = os.path.exists(os.path.join(ROOT, "pyproject.toml"))
+"""True when running from the repository (editable install or script); False from an installed wheel."""
+SLURM_DIR = os.path.join(ROOT if CHECKOUT else os.getcwd(), "slurm")
+"""Where ``--profile NAME`` looks for NAME.toml: the checkout's slurm/ (installed: ./slurm/)."""
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT")
 
@@ -85,8 +88,7 @@ class SlurmProfile:
     def load(cls, name_or_path: str) -> tuple["SlurmProfile", str]:
         path = name_or_path if os.path.exists(name_or_path) else os.path.join(SLURM_DIR, f"{name_or_path}.toml")
         if not os.path.exists(path):
-            known = sorted(f[:-5] for f in os.listdir(SLURM_DIR) if f.endswith(".toml"))
-            raise GridError(f"--profile {name_or_path!r}: no such file or profile; profiles in slurm/: {known}")
+            raise GridError(f"--profile {name_or_path!r}: no such file or profile; profiles in {SLURM_DIR}: {profiles()}")
         with open(path, "rb") as f:
             d = tomllib.load(f).get("slurm", {})
         names_ = {f.name for f in dataclasses.fields(cls)}
@@ -94,6 +96,22 @@ class SlurmProfile:
         if bad:
             raise GridError(f"{path}: unknown [slurm] key(s) {bad}; known: {sorted(names_)}")
         return cls(**d), path
+
+    def describe(self, n_tasks: int) -> str:
+        """The sbatch settings an array of ``n_tasks`` tasks would get, one per line (for --dry-run)."""
+        gpus = f"{self.gpus_per_node} per task" if self.gpus_per_node else "none"
+        lines = [f"sbatch settings (one array of {n_tasks} task(s), at most {self.array_parallelism} at once):",
+                 f"  partition {self.partition or '(cluster default)'}; GPUs {gpus}; {self.tasks_per_node} process(es) "
+                 f"per run; {self.cpus_per_task} CPU(s) per process; {self.mem_gb:g} GB memory per task",
+                 f"  time limit {self.timeout_min} min per task; USR2 {self.signal_delay_s} s before it (checkpoint and "
+                 f"requeue, at most {self.max_num_timeout} requeue(s) after a time-out)"]
+        for k in ("account", "qos", "constraint"):
+            if getattr(self, k):
+                lines.append(f"  {k} {getattr(self, k)}")
+        if self.additional:
+            lines.append(f"  extra sbatch options: {self.additional}")
+        lines.append("  setup lines:" + ("".join(f"\n    {s}" for s in self.setup) if self.setup else " (none)"))
+        return "\n".join(lines)
 
     def executor_params(self, job_name: str) -> dict:
         p = {"name": job_name, "timeout_min": int(self.timeout_min), "cpus_per_task": int(self.cpus_per_task),
@@ -108,6 +126,21 @@ class SlurmProfile:
         if self.additional:
             p["slurm_additional_parameters"] = dict(self.additional)
         return p
+
+
+def profiles() -> list[str]:
+    """The profile names in slurm/."""
+    return sorted(f[:-5] for f in os.listdir(SLURM_DIR) if f.endswith(".toml")) if os.path.isdir(SLURM_DIR) else []
+
+
+def require_profile(profile: str | None, why: str) -> str:
+    """The --profile to use when the executor is Slurm; GridError if none was given (no silent default: the
+    CI profile would submit CPU-only 3 GB tasks to a 'debug' partition)."""
+    if profile:
+        return profile
+    raise GridError(f"the executor is Slurm ({why}) but no --profile was given; pass --profile NAME "
+                    f"(slurm/NAME.toml; here: {profiles()}; local_ci is the CI's one-node cluster, no GPUs) or a "
+                    "path to your own, or --executor local to run here")
 
 
 def slurm_available() -> tuple[bool, str]:
@@ -264,6 +297,13 @@ class Sweep:
         return 3 if (elsewhere or notrun) else 0
 
 
+def point_tags(sw: Sweep, p: Point) -> dict[str, str]:
+    """MLflow tags of a point: the grid, its arm and world, each swept knob as ``knob.<key>``, and the
+    submitted code's hash (ablation variants of one method are then told apart in the MLflow UI)."""
+    return {"grid": sw.grid.name, "arm": p.arm, "world": sw.world, "submitted_code_hash": sw.code["code_hash"],
+            **{f"knob.{k}": str(v) for k, v in p.knobs.items()}}
+
+
 def _tail(path: str | None, n: int = 3) -> str:
     if not path or not os.path.exists(path):
         return ""
@@ -283,7 +323,7 @@ def run_debug(sw: Sweep, todo: list[Point], code: dict, policy: str) -> None:
         sw.write()
         say(f"#{p.index} start ({p.arm}: {p.label()})")
         try:
-            out = RunJob(p.overrides, code, policy, lock_wait_s=0)()
+            out = RunJob(p.overrides, code, policy, lock_wait_s=0, tags=point_tags(sw, p))()
             if out["status"] == "locked":
                 sw.set(p, status="running", detail=out["detail"])
             else:
@@ -319,7 +359,7 @@ def run_local(sw: Sweep, todo: list[Point], code_path: str, policy: str, paralle
                 logf.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%S')} sweep {sw.grid.name} point #{p.index}\n")
                 logf.flush()
                 cmd = [sys.executable, "-m", "drift.launch", "--overrides", json.dumps(p.overrides),
-                       "--code", code_path, "--code-policy", policy]
+                       "--code", code_path, "--code-policy", policy, "--tags", json.dumps(point_tags(sw, p))]
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
                 _write_json(RunDir(rd).job_marker, {"executor": "local", "job_id": f"local:{proc.pid}",
                                                            "log": log, "submitted": time.time()})
@@ -383,7 +423,7 @@ def run_slurm(sw: Sweep, todo: list[Point], code: dict, policy: str, prof: Slurm
     jobs = []
     with ex.batch():
         for p in todo:
-            jobs.append(ex.submit(RunJob(p.overrides, code, policy)))
+            jobs.append(ex.submit(RunJob(p.overrides, code, policy, tags=point_tags(sw, p))))
     array = jobs[0].job_id.split("_")[0] if jobs else "?"
     say(f"submitted {len(jobs)} task(s) as Slurm array {array} (at most {prof.array_parallelism} at once); "
         f"logs in {folder}")
@@ -438,14 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", help=f"grid name: one of {names()}")
     ap.add_argument("--list", action="store_true", help="list the grids and exit")
-    ap.add_argument("--dry-run", action="store_true", help="validate every point, print '#i: overrides' and the job "
-                    "count; submit and write nothing")
+    ap.add_argument("--dry-run", action="store_true", help="validate every point, print '#i: overrides', the job "
+                    "count, the sbatch settings (Slurm) and the GPU-hour estimate (SD3 grids); submit and write nothing")
+    ap.add_argument("--check", action="store_true", help="--dry-run plus the preflight a real submission runs "
+                    "(model weights and files readable for every point); submit and write nothing")
     ap.add_argument("--executor", default="auto", choices=("auto", "local", "slurm", "debug"),
                     help="auto (default) = slurm where sbatch/sinfo work, else local; debug = in-process, sequential")
     ap.add_argument("--world", default=None, help="world preset of the grid (default: the grid's first, 'shapes')")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field for every point (changes the run hash), e.g. --set train.lr=3e-4")
-    ap.add_argument("--out", default=os.path.join(ROOT, "runs"), help="output root (runs go to <out>/<experiment>/)")
+    ap.add_argument("--out", default=os.path.join(ROOT if CHECKOUT else os.getcwd(), "runs"), help="output root (runs go to <out>/<experiment>/)")
     ap.add_argument("--experiment", default=None, help="experiment name (default: the grid's name; "
                     "<grid>_<world> for a non-default world)")
     ap.add_argument("--tracking-uri", default="", help="MLflow URI for every run (default: $MLFLOW_TRACKING_URI, "
@@ -461,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1, help="torch threads per point (default 1: more threads than "
                    "free cores makes every op wait for the slowest thread; on Slurm it is the profile's cpus_per_task)")
     g = ap.add_argument_group("slurm executor (defaults from the profile)")
-    g.add_argument("--profile", default="local_ci", help="slurm/<name>.toml or a path (default: local_ci)")
+    g.add_argument("--profile", default=None, help="slurm/<name>.toml or a path; required whenever the executor is "
+                   "Slurm (chosen, or detected by --executor auto): there is no default cluster profile")
     g.add_argument("--partition")
     g.add_argument("--gpus", type=int, dest="gpus_per_node", help="GPUs per task")
     g.add_argument("--tasks-per-node", type=int, dest="tasks_per_node",
@@ -493,15 +536,18 @@ def main(argv: list[str] | None = None) -> int:
         grid = load(args.grid)
         world = args.world or grid.default_world()
         experiment = args.experiment or (grid.name if world == grid.default_world() else f"{grid.name}_{world}")
-        executor = args.executor
+        executor, why = args.executor, "--executor slurm"
         if executor == "auto":
             ok, why = slurm_available()
             executor = "slurm" if ok else "local"
+            why = f"detected: {why}" if ok else why
             if not args.dry_run:
                 say(f"executor: {executor} ({why})")
+        if executor != "slurm" and args.profile:
+            raise GridError(f"--profile {args.profile!r} is for the Slurm executor, but the executor is {executor}")
         prof = None
         if executor == "slurm":
-            prof, prof_path = SlurmProfile.load(args.profile)
+            prof, prof_path = SlurmProfile.load(require_profile(args.profile, why))
             for k in ("partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "signal_delay_s",
                       "max_num_timeout", "array_parallelism", "account", "qos"):
                 if getattr(args, k) is not None:
@@ -537,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         uri = points[0].cfg.resolved_tracking_uri()
         for p in points:  # pin the resolved URI so array tasks do not depend on their environment
             p.overrides["tracking_uri"] = uri
-        if not args.dry_run:  # a world without a backend, missing model files: before anything is written
+        if args.check:
+            args.dry_run = True
+        if not args.dry_run or args.check:  # a world without a backend, missing model files: before anything is written
             from drift.worlds import check_available
 
             for p in points:
@@ -545,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                     check_available(p.cfg)
                 except (ConfigError, NotImplementedError) as e:
                     raise GridError(f"grid {grid.name!r} point #{p.index} ({p.label()}): {e}") from None
+            if args.check:
+                say(f"check: the preflight passed for all {len(points)} points (model files and weights readable)")
     except (GridError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -626,11 +676,49 @@ def dry_run(grid, world, experiment, exp_dir, points, extra, common, uri, execut
               + ("   [done]" if done else ""))
     print(f"{len(points)} jobs ({n_todo} to run, {len(points) - n_todo} already done); executor {executor}"
           + (f", one Slurm array, profile {args.profile}" if executor == "slurm" else ""))
+    if prof is not None:
+        print(prof.describe(n_todo))
+    todo = [p for p in points if not is_done(p.run_dir)]
+    if any(p.cfg.model.world == "sd3" for p in todo):
+        print(gpu_hours_text(todo, prof.tasks_per_node if prof else 1))
     if secs and world == grid.default_world() and not extra:
         par = args.parallel if executor == "local" else (prof.array_parallelism if prof else 1)
         print(f"estimate: {secs / 60:.0f} CPU-minutes -> about {secs / 60 / max(1, par):.0f} min with {par} at once "
               f"(measured per point on the 2-core dev machine)")
     return 0
+
+
+def gpu_hours_text(points: list[Point], gpus_per_run: int = 1) -> str:
+    """The GPU-hour estimate of the points still to run (SD3 world), from ``point_gpu_hours``."""
+    from experiments.grids.presets import SD3_MINUTES
+
+    per = {}
+    for p in points:
+        per.setdefault(p.arm, []).append(point_gpu_hours(p.cfg))
+    total = sum(sum(v) for v in per.values())
+    arms = ", ".join(f"{a} {v[0]:.1f} h x {len(v)}" for a, v in per.items())
+    return (f"GPU-hour estimate: about {total:.0f} GPU-h for {len(points)} point(s) to run ({arms}); "
+            f"extrapolated from the GPU check on an H200 ({SD3_MINUTES['source']}), not measured on SD3.5-M"
+            + (f"; with {gpus_per_run} GPUs per run about the same GPU-hours in 1/{gpus_per_run} of the wall time, "
+               "plus communication" if gpus_per_run > 1 else ""))
+
+
+def point_gpu_hours(cfg) -> float:
+    """GPU-hours of one SD3 run: iterations x minutes per iteration + evaluations x minutes per evaluation.
+
+    Minutes per iteration from ``SD3_MINUTES``: a plain iteration, one with reference-policy passes (KL,
+    DiverseGRPO) or one with 2x oversampling (DRIFT's subset selection), whichever is largest; scaled by
+    the sampled images relative to the SD3 preset. Evaluations at iteration 0, every eval.every, and the last."""
+    from drift.contract import method_spec
+    from experiments.grids.presets import SD3, SD3_MINUTES
+
+    hooks = method_spec(cfg.method).build(cfg.options)
+    per_iter = max(SD3_MINUTES["iteration"], SD3_MINUTES["iteration_reference"] if hooks.needs_reference else 0,
+                   SD3_MINUTES["iteration_oversample2"] if hooks.oversample >= 2 else 0)
+    scale = (cfg.sample.group_size * cfg.sample.groups_per_iter) / (SD3["sample.group_size"] * SD3["sample.groups_per_iter"])
+    it, every = cfg.train.iterations, cfg.eval.every
+    evals = 1 + it // every + (it % every != 0)
+    return (it * per_iter * scale + evals * SD3_MINUTES["evaluation"]) / 60
 
 
 if __name__ == "__main__":

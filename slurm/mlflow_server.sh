@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One MLflow tracking server for a sweep's many jobs (reliability.md §7, environment.md §8).
+# One MLflow tracking server for a sweep's many jobs (docs/sweeps.md, MLflow for many jobs; docs/reliability.md, Concurrency).
 #
 #   slurm/mlflow_server.sh start   # on a login/service node; prints the URI to pass to the sweep
 #   slurm/mlflow_server.sh status

@@ -450,6 +450,11 @@ def test_mlflow_source_and_analysis_run(tmp_path):
     arts = {a.path for a in client.list_artifacts(ana.info.run_id)}
     assert {"pareto.png", "pareto.pdf", "curves.png", "gains.json", "gains.md", "gains.tex", "report.md"} <= arts
     assert "diversity_gain_at_equal_alignment/drift_vs_flow_grpo/mean" in ana.data.metrics
+    # the analysis run links the runs it read (the FAILED one was not read)
+    read = {r.info.run_id for r in client.search_runs([exp_id]) if r.data.tags.get("kind") != "analysis"
+            and r.info.status == "FINISHED"}
+    assert set(ana.data.tags["input_run_ids"].split(",")) == read and ana.data.tags["input_runs"] == "4"
+    assert "inputs.json" in arts and {r["mlflow_run_id"] for r in json.load(open(out / "inputs.json"))} == read
     # a second analysis ignores the first analysis run when reading the experiment
     ds = aio.load_mlflow(uri, "pareto")
     assert len(ds.runs) == 4 and not any("analysis" in w for w in ds.warnings)
@@ -463,3 +468,46 @@ def test_science_hash_matches_the_engine_even_with_a_model_fingerprint():
     d = cfg.to_dict()
     d["model_fingerprint"] = {"path": "x" * 64, "features": "y" * 64}  # written by the engine into config.json
     assert science_hash(d) == cfg.science_hash()
+
+
+def test_figures_speak_for_themselves(analysed):
+    """Fixed colour and name per method across figures; bands, markers and dots explained on the pareto
+    figure; knob values marked; human axis names with the key in small print; curves one panel per method
+    with a standard-error band and 'iteration' on the x-axis; the hypervolume CI's one-sidedness stated."""
+    import matplotlib.pyplot as plt
+
+    from analysis import report as rep
+    from analysis import style
+
+    root, out, r = analysed
+    res = r["doc"]["methods"]
+    ds = aio.load_run_dirs(aio.find_run_dirs(os.path.join(root, "pareto")), root=root)
+    variants = aio.variant_labels(ds.runs)
+    pts = ds.points.assign(label=ds.points["method"])
+    fig = rep.pareto_axes(res, pts, "label", aio.base_point(ds), "staircase", ("eval/alignment", "eval/diversity"),
+                          variants=variants, n_boot=200)
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("95% bootstrap band" in t and "200 resamples" in t for t in legend), legend
+    assert any("dots: every evaluation" in t for t in legend) and any("knob value" in t for t in legend)
+    assert any(t.strip().startswith("β=") for t in legend), legend  # front points marked by knob value
+    front_colours = {h.get_label(): h.get_color() for h in ax.get_legend().legend_handles if h.get_label().endswith("front")}
+    assert front_colours["DRIFT front"] == style.METHOD_COLOURS["drift"]
+    assert front_colours["Flow-GRPO+KL front"] == style.METHOD_COLOURS["flow_grpo_kl"]
+    assert ax.get_xlabel() == style.AXIS_NAMES["eval/alignment"]
+    assert {"eval/alignment", "eval/diversity"} <= {t.get_text() for t in fig.texts}  # the keys in small print
+    plt.close(fig)
+
+    fig = rep.curves_axes(ds.points, variants, ("eval/alignment", "eval/diversity"))
+    top = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in top] == ["Flow-GRPO", "Flow-GRPO+KL", "DiverseGRPO", "DRIFT"]  # one panel per method
+    for a, m in zip(top, style.METHOD_ORDER):
+        assert a.title.get_color() == style.METHOD_COLOURS[m]  # the same colour as in the pareto figure
+    assert {a.get_xlabel() for a in fig.axes if a.get_xlabel()} == {"iteration"}
+    assert "standard error" in fig._suptitle.get_text()
+    plt.close(fig)
+    assert rep.HV_ONE_SIDED in open(os.path.join(out, "gains.md")).read()
+    for f in ("pareto.png", "curves.png", "ablation_pareto.png"):
+        if os.environ.get("DRIFT_KEEP_FIGURES"):  # to look at them: DRIFT_KEEP_FIGURES=/tmp/figs
+            os.makedirs(os.environ["DRIFT_KEEP_FIGURES"], exist_ok=True)
+            shutil.copy(os.path.join(out, f), os.environ["DRIFT_KEEP_FIGURES"])

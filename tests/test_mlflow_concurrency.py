@@ -1,4 +1,4 @@
-"""T12/T13 (shared/reference/reliability.md): many processes logging to one MLflow store at once.
+"""T12/T13 (docs/reliability.md, The tests): many processes logging to one MLflow store at once.
 
 T12: 32 processes (2 "array tasks" x 16) each log STEPS steps x KEYS keys through ``drift.tracking.
 Tracker`` (one ``log_batch`` per step, the engine's pattern) (a) to a local MLflow tracking server

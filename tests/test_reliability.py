@@ -1,4 +1,4 @@
-"""The failure-test suite of shared/reference/reliability.md (T1-T20), on CPU. docs/reliability.md maps
+"""The failure-test suite T1-T20 (docs/reliability.md, The tests), on CPU. docs/reliability.md maps
 every T to its test; T7 (real Slurm) is tests/test_slurm.py, T12/T13 tests/test_mlflow_concurrency.py,
 T15/T19 (grid validation)/T4 (no-I/O checkpoint hook) tests/test_sweep.py.
 

@@ -132,8 +132,8 @@ def test_invalid_grid_fails_before_any_sbatch_call(tmp_path):
         (bindir / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {record}\nexit 1\n")
         (bindir / tool).chmod(0o755)
     out = tmp_path / "runs"
-    r = sh(["--grid", "smoke", "--executor", "slurm", "--out", str(out), "--set", "sample.group_size=1"],
-           env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    r = sh(["--grid", "smoke", "--executor", "slurm", "--profile", "local_ci", "--out", str(out),
+            "--set", "sample.group_size=1"], env={"PATH": f"{bindir}:{os.environ['PATH']}"})
     assert r.returncode == 2
     assert "point #0" in r.stderr and "sample.group_size=1" in r.stderr and "must be >= 2" in r.stderr
     assert not record.exists() and not out.exists()
@@ -163,6 +163,72 @@ def test_slurm_profiles_and_sbatch_text(tmp_path):
     bad.write_text('[slurm]\npartitoin = "gpu"\n')
     with pytest.raises(GridError, match=r"unknown \[slurm\] key\(s\) \['partitoin'\]"):
         sweep.SlurmProfile.load(str(bad))
+
+
+def fake_slurm(tmp_path, sinfo_ok=True):
+    """sbatch/sinfo/squeue stand-ins on PATH, only for the 'is there a Slurm here' detection: sinfo answers,
+    any sbatch call is recorded (and fails), so a test can assert that nothing was submitted."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    record = tmp_path / "sbatch_called"
+    (bindir / "sinfo").write_text("#!/bin/sh\necho debug\n" if sinfo_ok else "#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "squeue", "sacct"):
+        (bindir / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {record}\nexit 1\n")
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, record
+
+
+def test_slurm_needs_an_explicit_profile_chosen_or_detected(tmp_path):
+    out = tmp_path / "runs"
+    env, record = fake_slurm(tmp_path)
+    for executor in ("slurm", "auto"):  # chosen, or detected because sinfo answers
+        r = sh(["--grid", "smoke", "--executor", executor, "--out", str(out)], env=env)
+        assert r.returncode == 2, (executor, r.stdout, r.stderr)
+        assert "no --profile was given" in r.stderr and "local_ci" in r.stderr and "--executor local" in r.stderr
+        assert ("detected" in r.stderr) == (executor == "auto")
+    assert not record.exists() and not out.exists()
+    # a profile for a non-Slurm executor is a mistake, not silently ignored
+    r = sh(["--grid", "smoke", "--executor", "local", "--profile", "sd3_1gpu", "--dry-run"])
+    assert r.returncode == 2 and "is for the Slurm executor" in r.stderr
+    # with a profile, the dry run shows the sbatch settings and submits nothing
+    r = sh(["--grid", "smoke", "--executor", "auto", "--profile", "local_ci", "--dry-run", "--out", str(out)], env=env)
+    assert r.returncode == 0, r.stderr
+    assert "executor slurm" in r.stdout and "sbatch settings (one array of 4 task(s)" in r.stdout
+    assert "partition debug; GPUs none" in r.stdout and "3 GB memory" in r.stdout and "setup lines:" in r.stdout
+    assert not record.exists() and not out.exists()
+
+
+def test_sd3_dry_run_prints_sbatch_settings_and_gpu_hours(tmp_path):
+    from experiments.grids.presets import SD3_MINUTES  # noqa: F401 -- the estimate's constants live there
+
+    r = sh(["--grid", "pareto_sd3", "--executor", "slurm", "--profile", "sd3_1gpu", "--dry-run", "--out", str(tmp_path / "r")])
+    assert r.returncode == 0, r.stderr
+    assert "partition gpu; GPUs 1 per task" in r.stdout and "time limit 720 min" in r.stdout
+    assert "source $HOME/drift-bench/.venv/bin/activate" in r.stdout  # the profile's setup lines
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("GPU-hour estimate"))
+    pts = expand(load("pareto_sd3"), common=common(tmp_path))
+    hours = {p.arm: sweep.point_gpu_hours(p.cfg) for p in pts}
+    assert f"about {sum(sweep.point_gpu_hours(p.cfg) for p in pts):.0f} GPU-h for 30 point(s)" in line
+    # the per-run figures of the README's GPU-hours table (300 iterations, 7 evaluations)
+    assert round(hours["flow_grpo"], 1) == 8.6 and round(hours["flow_grpo_kl"], 1) == 11.0
+    assert round(hours["drift"], 1) == 11.5
+    # a smaller batch costs proportionally less sampling and training time
+    small = expand(load("pareto_sd3"), extra={"sample.groups_per_iter": 4}, common=common(tmp_path))[0]
+    assert sweep.point_gpu_hours(small.cfg) < hours["flow_grpo"]
+    r = sh(["--grid", "smoke", "--dry-run", "--executor", "local"])
+    assert r.returncode == 0 and "GPU-hour" not in r.stdout  # shapes world: CPU minutes only
+
+
+def test_check_runs_the_weights_preflight_and_submits_nothing(tmp_path):
+    out = tmp_path / "runs"
+    r = sh(["--grid", "smoke", "--check", "--executor", "local", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert "preflight passed for all 4 points" in r.stdout and not out.exists()
+    r = sh(["--grid", "smoke", "--world", "sd3", "--check", "--executor", "local", "--out", str(out),
+            "--set", "model.path=/nonexistent/sd35"])
+    assert r.returncode == 2 and "point #0" in r.stderr and "/nonexistent/sd35" in r.stderr, r.stderr
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,13 +32,34 @@ REQUIRED_FILES = {
 }
 
 
+EXTRAS = {"sd3": ("sd3", ("transformers", "open_clip", "dreamsim", "torchvision", "huggingface_hub"))}
+"""World -> (the pip extra that installs its packages, the modules it imports). The core install (the
+shapes world, sweeps, analysis) has none of them; a world's modules import them lazily."""
+
+
+def check_extras(world: str) -> None:
+    """ConfigError naming the missing modules and the extra to install, before anything is imported or written."""
+    import importlib.util
+
+    from ..config import ConfigError
+
+    extra, modules = EXTRAS.get(world, ("", ()))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"model.world={world!r} needs the [{extra}] extra, which is not installed (missing modules: "
+                          f"{missing}); install it with: pip install -c constraints/ci.txt -e '.[{extra}]' "
+                          f"(or pip install 'drift-bench[{extra}]')")
+
+
 def check_available(cfg) -> None:
-    """Fail before any work if the configured world has no backend yet, or if a model file it reads
-    is missing or unreadable (ConfigError naming the field, the value and the file)."""
+    """Fail before any work if the configured world has no backend yet, lacks its packages, or if a model
+    file it reads is missing or unreadable (ConfigError naming the field, the value and the file)."""
     if cfg.model.world not in AVAILABLE:
         raise NotImplementedError(f"model.world={cfg.model.world!r}: this backend is not built yet (the real-model path "
                                   f"is an open issue); worlds that run: {list(AVAILABLE)}")
     from ..errors import ConfigError
+
+    check_extras(cfg.model.world)
 
     for field, rels in REQUIRED_FILES.get(cfg.model.world, {}).items():
         folder = getattr(cfg.model, field.split(".", 1)[1])

@@ -1,7 +1,7 @@
 """pareto_sd3: every method across its strength knob, 3 seeds, on SD3.5-Medium with PickScore (the real path).
 
 The same arms as the embedded ``pareto`` grid, with knob values for this reward's scale: PickScore/26 varies
-by ~0.01-0.02 within a group, DreamSim distances by ~0.05 (shared/reference/methods.md Sec. 4.5, 6), so the
+by ~0.01-0.02 within a group, DreamSim distances by ~0.05 (docs/methods.md, Knob scales on SD3.5), so the
 shapes world's diversity weights would swamp it. KL betas bracket Flow-GRPO's 0.01 (PickScore) and 0.04
 (GenEval); DiverseGRPO's bonus saturates near beta 3-5 in its paper (secondary source); the DRIFT lambdas
 are this project's guess. A 1-2 point pilot should confirm the ranges before the full sweep.

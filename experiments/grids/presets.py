@@ -1,10 +1,10 @@
 """Presets shared by grids: worlds (``Grid.worlds``; ``--world NAME`` picks one) and budgets.
 
 ``shapes`` is the embedded pixel-space world (CPU, minutes). ``sd3`` is the real SD3.5-Medium path
-(drift/worlds/sd3, docs/sd3.md) with Flow-GRPO's SD3.5-M settings (shared/reference/methods.md Sec. 2.10);
+(drift/worlds/sd3, docs/sd3.md) with Flow-GRPO's SD3.5-M settings (the table in docs/sd3.md, Settings);
 it needs the weights and GPUs (README "Running on a cluster"). The SD3 grids are pareto_sd3 and
-ablation_sd3 (their knob values are scaled for PickScore rewards); the ``sd3`` world of the embedded grids
-(pareto, ablation, smoke) uses the same preset with the shapes-scaled knobs.
+ablation_sd3 (their knob values are scaled for PickScore rewards); of the embedded grids only smoke has an
+``sd3`` world (the same preset at a tiny budget).
 
 Print a preset as command-line overrides for a single run:
 
@@ -54,6 +54,19 @@ SD3: dict = {
 SD3_BUDGET: dict = {"train.iterations": 300, "eval.every": 50, "checkpoint_every": 10}
 """Per-point budget of the SD3 grids: 300 iterations x 128 images (~38K images; Flow-GRPO's PickScore runs
 see ~1.2K images per epoch for hundreds of epochs). A placeholder to size the GPU-hours, not a tuned value."""
+
+
+SD3_MINUTES: dict = {
+    "iteration": 1.65,  # flow_grpo: 10 sampling steps, 9 trained steps, decode + rewards + features
+    "iteration_reference": 2.13,  # + the reference policy's forward on every trained step (KL, DiverseGRPO)
+    "iteration_oversample2": 2.23,  # 2x oversampled candidates (DRIFT's subset selection)
+    "evaluation": 3.0,  # 24 prompts x 8 seeds, 40 ODE steps
+    "source": "README 'GPU-hours'",
+}
+"""Minutes of one H200 per iteration / evaluation at the ``SD3`` preset, for the dry run's GPU-hour
+estimate: the GPU check's per-layer cost of the mid-sized random SD3 times SD3.5-M's 24 layers (an
+extrapolation, not a measurement of SD3.5-M). They reproduce the README table's 8.6 / 11.0 / 11.5 GPU-h per
+run of 300 iterations and 7 evaluations."""
 
 
 def as_overrides(preset: dict) -> list[str]:

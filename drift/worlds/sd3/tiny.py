@@ -13,7 +13,7 @@ flow-matching scheduler. Weights are random (seeded): the images are noise. Noth
   (~0.26 B parameters), and the real SD3 VAE layout; text encoders stay tiny. Per-layer cost matches
   SD3.5-M, so transformer time per layer x 24 approximates the real model (the text encoders do not).
 
-Tokenizers are built offline (shared/reference/environment.md Sec. 3): the real CLIP BPE (49,408 tokens)
+Tokenizers are built offline (no hub download; docs/sd3.md, Random test pipelines): the real CLIP BPE (49,408 tokens)
 from open_clip's bundled ``bpe_simple_vocab_16e6.txt.gz``, and a small T5 Unigram vocabulary of
 characters and common words.
 """
