@@ -45,6 +45,8 @@ import time
 
 from submitit.helpers import DelayedSubmission
 
+from .tracking import check_tracking_access
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_DIRS = ("drift", "baselines")  # what a job imports; experiments/ only builds the submission
 # Source and the committed assets it loads (the shapes world's base model and feature net: a model
@@ -276,6 +278,7 @@ class RunJob:
         if is_done(run_dir):
             return {"status": "done", "run_dir": run_dir, "ran": False}
         check_code(self.code, self.code_policy)
+        dist.on_main(lambda: check_tracking_access(cfg.resolved_tracking_uri()))  # credentials, read on this node
         os.makedirs(run_dir, exist_ok=True)
         lock = RunLock(run_dir, self.lock_wait_s)
 

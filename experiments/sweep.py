@@ -35,6 +35,7 @@ if ROOT not in sys.path:
 
 from drift.config import ConfigError, parse_overrides  # noqa: E402
 from drift.launch import JOB_MARKER, RunJob, RunLock, code_state, is_done  # noqa: E402
+from drift.tracking import TrackingAccessError, check_tracking_access, check_tracking_uri  # noqa: E402
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
 
 SLURM_DIR = os.path.join(ROOT, "slurm")
@@ -539,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = points[0].cfg.resolved_tracking_uri()
         for p in points:  # pin the resolved URI so array tasks do not depend on their environment
             p.overrides["tracking_uri"] = uri
+        check_tracking_uri(uri)  # no user:password@ in a URI that every run records
         if not args.dry_run:  # a world without a backend, missing model files: before anything is written
             from drift.worlds import check_available
 
@@ -547,10 +549,18 @@ def main(argv: list[str] | None = None) -> int:
                     check_available(p.cfg)
                 except (ConfigError, NotImplementedError) as e:
                     raise GridError(f"grid {grid.name!r} point #{p.index} ({p.label()}): {e}") from None
-    except (GridError, ConfigError) as e:
+    except (GridError, ConfigError, TrackingAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     exp_dir = os.path.join(out, experiment)
+    if not args.dry_run and uri.lower() != "none":  # no, wrong or refused credentials: before anything is written
+        try:
+            check_tracking_access(uri)
+        except Exception as e:  # noqa: BLE001 -- a refusal (TrackingAccessError) or an unreachable server
+            why = str(e) if isinstance(e, TrackingAccessError) else \
+                f"MLflow at {uri} is not usable ({type(e).__name__}: {str(e)[:300]})"
+            print(f"error: {why}; nothing was submitted", file=sys.stderr)
+            return 2
 
     if args.dry_run:
         return dry_run(grid, world, experiment, exp_dir, points, extra, common, uri, executor, prof, args)
