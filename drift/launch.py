@@ -45,7 +45,7 @@ import time
 
 from submitit.helpers import DelayedSubmission
 
-from .tracking import check_tracking_access
+from .tracking import TrackingAccessError, check_tracking_access
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_DIRS = ("drift", "baselines")  # what a job imports; experiments/ only builds the submission
@@ -349,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except CodeChanged as e:
         print(f"[launch] refused: {e}", flush=True)
         return 4
+    except TrackingAccessError as e:
+        print(f"[launch] stopped before training: {e}", flush=True)
+        return 5
     except KeyboardInterrupt:
         print("[launch] stopped; the last checkpoint is kept", flush=True)
         return 130

@@ -18,6 +18,7 @@ Exit status: 0 all points done; 1 some failed; 2 invalid grid or arguments (noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,7 +36,8 @@ if ROOT not in sys.path:
 
 from drift.config import ConfigError, parse_overrides  # noqa: E402
 from drift.launch import JOB_MARKER, RunJob, RunLock, code_state, is_done  # noqa: E402
-from drift.tracking import TrackingAccessError, check_tracking_access, check_tracking_uri  # noqa: E402
+from drift.tracking import (CREDENTIAL_VARS, TrackingAccessError, check_tracking_access,  # noqa: E402
+                            check_tracking_uri, credentials_file, mlflow_credentials)
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
 
 SLURM_DIR = os.path.join(ROOT, "slurm")
@@ -108,6 +110,32 @@ class SlurmProfile:
         if self.additional:
             p["slurm_additional_parameters"] = dict(self.additional)
         return p
+
+
+SLURM_WITHHELD = (CREDENTIAL_VARS[1],)
+"""Not handed to sbatch: Slurm keeps a batch job's environment in files (slurmctld's state directory);
+the jobs read the password from ~/.mlflow/credentials on the compute node instead."""
+
+
+@contextlib.contextmanager
+def slurm_job_env():
+    """This process's environment as a Slurm job will see it: SLURM_WITHHELD variables removed
+    (for the access check, and around the sbatch call), restored afterwards."""
+    saved = {k: os.environ.pop(k) for k in SLURM_WITHHELD if k in os.environ}
+    try:
+        yield saved
+    finally:
+        os.environ.update(saved)
+
+
+def check_slurm_secrets(prof: "SlurmProfile") -> None:
+    """GridError if the profile's setup lines or extra sbatch options hold the MLflow password
+    (they are written verbatim into the sbatch script under runs/<grid>/.submitit)."""
+    password = mlflow_credentials()[1]
+    texts = [*prof.setup, *(f"{k}={v}" for k, v in prof.additional.items())]
+    if password and any(password in t for t in texts):
+        raise GridError(f"a setup line or sbatch option of the Slurm profile holds the MLflow password: it would "
+                        f"be written to the job's sbatch script; remove it (jobs read {credentials_file()})")
 
 
 def slurm_available() -> tuple[bool, str]:
@@ -384,7 +412,7 @@ def run_slurm(sw: Sweep, todo: list[Point], code: dict, policy: str, prof: Slurm
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=prof.max_num_timeout)
     ex.update_parameters(**prof.executor_params(f"drift-{sw.experiment}"))
     jobs = []
-    with ex.batch():
+    with slurm_job_env(), ex.batch():  # sbatch gets no password (see SLURM_WITHHELD)
         for p in todo:
             jobs.append(ex.submit(RunJob(p.overrides, code, policy)))
     array = jobs[0].job_id.split("_")[0] if jobs else "?"
@@ -510,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(args, k) is not None:
                     setattr(prof, k, getattr(args, k))
             prof.setup = [*prof.setup, *args.setup]
+            check_slurm_secrets(prof)
         if args.parallel < 1:
             raise GridError(f"--parallel={args.parallel}: must be >= 1")
         threads = prof.cpus_per_task if prof else args.threads
@@ -554,13 +583,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     exp_dir = os.path.join(out, experiment)
     if not args.dry_run and uri.lower() != "none":  # no, wrong or refused credentials: before anything is written
-        try:
-            check_tracking_access(uri)
-        except Exception as e:  # noqa: BLE001 -- a refusal (TrackingAccessError) or an unreachable server
-            why = str(e) if isinstance(e, TrackingAccessError) else \
-                f"MLflow at {uri} is not usable ({type(e).__name__}: {str(e)[:300]})"
-            print(f"error: {why}; nothing was submitted", file=sys.stderr)
-            return 2
+        with slurm_job_env() if executor == "slurm" else contextlib.nullcontext({}) as withheld:
+            try:
+                check_tracking_access(uri)  # with the credentials the jobs will have
+            except Exception as e:  # noqa: BLE001 -- a refusal (TrackingAccessError) or an unreachable server
+                why = str(e) if isinstance(e, TrackingAccessError) else \
+                    f"MLflow at {uri} is not usable ({type(e).__name__}: {str(e)[:300]})"
+                if withheld and isinstance(e, TrackingAccessError):
+                    why = (f"Slurm jobs do not get {', '.join(withheld)} (sbatch would hand it to Slurm, which keeps "
+                           f"a batch job's environment in its state files); they read {credentials_file()}: {why}")
+                print(f"error: {why}; nothing was submitted", file=sys.stderr)
+                return 2
 
     if args.dry_run:
         return dry_run(grid, world, experiment, exp_dir, points, extra, common, uri, executor, prof, args)

@@ -82,7 +82,7 @@ def write_private(path: str, cp: configparser.ConfigParser) -> None:
         raise
 
 
-def credentials_file(username: str, password: str) -> configparser.ConfigParser:
+def credentials_config(username: str, password: str) -> configparser.ConfigParser:
     cp = configparser.ConfigParser()
     cp[SECTION] = {USER_KEY: username, PASSWORD_KEY: password}
     return cp
@@ -226,7 +226,7 @@ def add_user(url: str, name: str, out: str) -> None:
     if code != 200:
         raise AuthSetupError(f"{url} refused to create user {name!r} (as {user!r}, credentials from {where}): "
                              f"HTTP {code}: {text.strip()[:200]}")
-    write_private(out, credentials_file(name, new))
+    write_private(out, credentials_config(name, new))
     print(f"[mlflow] user '{name}' created; their credentials are in {out} (mode 0600): hand the file over "
           "privately; it goes to their ~/.mlflow/credentials (mode 0600)", file=sys.stderr)
 
