@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=os.path.join(ROOT, "runs"), help="output root (runs go to <out>/<experiment>/)")
     ap.add_argument("--experiment", default=None, help="experiment name (default: the grid's name; "
                     "<grid>_<world> for a non-default world)")
-    ap.add_argument("--tracking-uri", default="", help="MLflow URI for every run (default: $MLFLOW_TRACKING_URI, "
+    ap.add_argument("--tracking-uri", default=None, help="MLflow URI for every run (default: $MLFLOW_TRACKING_URI, "
                     "else sqlite:///<out>/mlflow.db; 'none' = off). On a cluster use slurm/mlflow_server.sh")
     ap.add_argument("--code-policy", default="refuse", choices=("refuse", "warn", "ignore"),
                     help="a restarted job whose code differs from the submitted code: refuse (default), warn, ignore")
@@ -545,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.abspath(args.out)
         extra = parse_overrides(args.extra)
         common = {"experiment": experiment, "out": out, "threads": threads}
-        if args.tracking_uri:
+        if args.tracking_uri is not None:
+            if not args.tracking_uri.strip():  # e.g. "$(slurm/mlflow_server.sh uri)" with no server running
+                raise GridError("--tracking-uri '': empty (a failed $(...)?); it would silently log to the default "
+                                "local store. Pass the server's URI, 'none', or leave the option out for the default")
             common["tracking_uri"] = args.tracking_uri
         points = expand(grid, world, extra, common)
         if prof is not None and prof.tasks_per_node != 1:  # whole groups per rank, before anything is submitted

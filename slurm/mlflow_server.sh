@@ -3,11 +3,12 @@
 #
 #   slurm/mlflow_server.sh start              # on a login/service node; prints the URI to pass to the sweep
 #   slurm/mlflow_server.sh status
+#   slurm/mlflow_server.sh uri                # prints the URI of the running server (for --tracking-uri)
 #   slurm/mlflow_server.sh stop               # SIGTERM to the server's pid (stops its workers too)
 #   slurm/mlflow_server.sh rotate             # a new random admin password (server + ~/.mlflow/credentials)
 #   slurm/mlflow_server.sh add-user NAME      # a colleague's user (read-only by default); credentials in a 0600 file
 #
-#   python experiments/sweep.py --grid pareto --executor slurm --tracking-uri "$(cat $DRIFT_MLFLOW_DIR/uri)"
+#   python experiments/sweep.py --grid pareto --executor slurm --tracking-uri "$(slurm/mlflow_server.sh uri)"
 #
 # Why: SQLite locking is unreliable on NFS/Lustre and first-time schema migration races between
 # nodes, so array tasks must not share a SQLite file on the shared filesystem. The server keeps its
@@ -122,6 +123,10 @@ stop)
 status)
   if running; then echo "[mlflow] running (pid $(cat "$DIR/mlflow.pid")): $(cat "$DIR/uri" 2>/dev/null)"; else echo "[mlflow] not running"; exit 1; fi
   ;;
+uri)
+  need_running
+  cat "$DIR/uri"
+  ;;
 rotate)
   need_running
   "${AUTH[@]}" rotate "$(local_url)"
@@ -132,6 +137,6 @@ add-user)
   "${AUTH[@]}" add-user "$(local_url)" "$2" "${3:-$DIR/users/$2.credentials}"
   ;;
 *)
-  sed -n '2,36p' "$0"; exit 2
+  sed -n '2,34p' "$0"; exit 2
   ;;
 esac
