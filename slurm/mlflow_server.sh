@@ -95,7 +95,7 @@ start)
     --host "$HOST" --port "$PORT" --workers 1 --allowed-hosts "$ALLOWED" >"$DIR/server.log" 2>&1 &
   echo $! >"$DIR/mlflow.pid"
   [[ $HOST == 127.0.0.1 || $HOST == localhost ]] && URI="http://127.0.0.1:$PORT" || URI="http://$HF:$PORT"
-  for ((i = 0; i < 120; i++)); do
+  for ((i = 0; i < 240; i++)); do
     if "$PY" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null; then
       echo "$URI" >"$DIR/uri"
       if [[ $NO_AUTH != 1 ]] && ! "${AUTH[@]}" check "http://127.0.0.1:$PORT"; then
@@ -115,7 +115,7 @@ start)
     running || { echo "[mlflow] server exited; see $DIR/server.log" >&2; tail -n 20 "$DIR/server.log" >&2; exit 1; }
     sleep 0.5
   done
-  echo "[mlflow] no /health after 60 s; see $DIR/server.log" >&2; exit 1
+  echo "[mlflow] no /health after 120 s; see $DIR/server.log" >&2; exit 1
   ;;
 stop)
   stop

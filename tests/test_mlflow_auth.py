@@ -90,7 +90,7 @@ def server(tmp_path_factory):
     env.update(HOME=str(home), DRIFT_MLFLOW_DIR=str(folder), DRIFT_MLFLOW_ARTIFACTS=str(art),
                DRIFT_MLFLOW_HOST="127.0.0.1", DRIFT_MLFLOW_PORT=str(_free_port()),
                MLFLOW=os.path.join(os.path.dirname(sys.executable), "mlflow"))
-    up = _script(env, "start")
+    up = _script(env, "start", timeout=300)
     pid_file = folder / "mlflow.pid"
     pid = int(pid_file.read_text()) if pid_file.exists() else None
     try:
@@ -215,7 +215,7 @@ def test_wrong_or_missing_credentials_stop_before_any_work(server, tmp_path, mon
     # a run (what the sweep starts on a node): stops before training, at once, naming the variable
     over = {**_smoke_overrides(str(out)), "tracking_uri": server.uri}
     r = subprocess.run([sys.executable, "-m", "drift.launch", "--overrides", json.dumps(over)], cwd=ROOT, env=wrong,
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=300)
     text = r.stdout + r.stderr
     assert r.returncode == 5 and "[launch] stopped before training" in text, text
     assert "rejected the credentials of user 'admin'" in text and "MLFLOW_TRACKING_PASSWORD" in text, text
@@ -281,7 +281,7 @@ def test_authenticated_sweep_logs_every_run_and_writes_no_credential(server, as_
     args = ["--grid", "smoke", "--executor", "local", "--parallel", "2", "--out", str(out), "--poll", "2",
             "--tracking-uri", server.uri]
     # as a user would run it: the credentials come from ~/.mlflow/credentials, read by every run
-    r = subprocess.run(SWEEP + args, cwd=ROOT, env=server.client_env(), capture_output=True, text=True, timeout=420)
+    r = subprocess.run(SWEEP + args, cwd=ROOT, env=server.client_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "done 4, skipped (already done) 0, failed 0" in r.stdout, r.stdout
     _check_sweep_in_mlflow(server, str(out), "smoke", 4)
@@ -328,13 +328,13 @@ def test_slurm_sweep_hands_no_password_to_slurm(server, as_admin, tmp_path):
         t = time.time()
         while not held():
             assert sweep.poll() is None, open(tmp_path / "sweep.log").read()
-            assert time.time() - t < 240, "timed out waiting for the job to start"
+            assert time.time() - t < 600, "timed out waiting for the job to start"
             time.sleep(0.5)
         if state and os.access(state.group(1), os.R_OK):
             assert _leaks([state.group(1)], server.secrets()) == []
         for h in held():
             open(os.path.join(h.parent, "RELEASE"), "w").close()
-        assert sweep.wait(timeout=240) == 0, open(tmp_path / "sweep.log").read()
+        assert sweep.wait(timeout=600) == 0, open(tmp_path / "sweep.log").read()
     finally:
         if sweep.poll() is None:
             sweep.kill()
