@@ -25,6 +25,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -323,22 +324,48 @@ def test_slurm_sweep_hands_no_password_to_slurm(server, as_admin, tmp_path):
                                                                        capture_output=True, text=True).stdout)
     try:
         held = lambda: list(out.rglob("HELD"))  # noqa: E731 -- the job runs, its Slurm state is on disk
-        import time
-
         t = time.time()
         while not held():
             assert sweep.poll() is None, open(tmp_path / "sweep.log").read()
             assert time.time() - t < 600, "timed out waiting for the job to start"
             time.sleep(0.5)
-        if state and os.access(state.group(1), os.R_OK):
+        if state and os.access(state.group(1), os.R_OK):  # (readable here: CI runs as root)
+            # Slurm keeps the job's environment there: it has the username, but not the password
+            assert _leaks([state.group(1)], [f"MLFLOW_TRACKING_USERNAME={server.user}".encode()])
             assert _leaks([state.group(1)], server.secrets()) == []
         for h in held():
             open(os.path.join(h.parent, "RELEASE"), "w").close()
-        assert sweep.wait(timeout=600) == 0, open(tmp_path / "sweep.log").read()
+        assert sweep.wait(timeout=600) == 3, open(tmp_path / "sweep.log").read()  # 3: --only left 3 points
     finally:
         if sweep.poll() is None:
             sweep.kill()
+    assert "done 1, skipped (already done) 0, failed 0" in open(tmp_path / "sweep.log").read()
     _check_sweep_in_mlflow(server, str(out), "smoke_slurm", 1)
     submitit_dir = out / "smoke_slurm" / ".submitit"
     assert list(submitit_dir.rglob("*.sh")) and list(submitit_dir.rglob("*.pkl"))  # sbatch script, pickles
     assert _leaks([str(out), str(tmp_path / "sweep.log")], server.secrets()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# No server needed
+# ------------------------------------------------------------------------------------------------
+def test_sweep_refuses_an_empty_uri_and_a_password_in_slurm_setup(tmp_path, monkeypatch, capsys):
+    from experiments import sweep
+    from experiments.grids import GridError
+
+    # "$(slurm/mlflow_server.sh uri)" with no server running gives '': not a silent local store
+    assert sweep.main(["--grid", "smoke", "--executor", "local", "--out", str(tmp_path), "--tracking-uri", ""]) == 2
+    assert "--tracking-uri '': empty" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-value-for-the-test")
+    prof = sweep.SlurmProfile(setup=["module load cuda", "export MLFLOW_TRACKING_PASSWORD=s3cret-value-for-the-test"])
+    with pytest.raises(GridError, match="holds the MLflow password") as e:
+        sweep.check_slurm_secrets(prof)
+    assert "s3cret" not in str(e.value)
+    sweep.check_slurm_secrets(sweep.SlurmProfile(setup=["module load cuda"]))  # no password: fine
+    with sweep.slurm_job_env() as withheld:  # what sbatch (and the jobs) get: no password variable
+        assert "MLFLOW_TRACKING_PASSWORD" not in os.environ and os.environ["MLFLOW_TRACKING_USERNAME"] == "admin"
+        assert list(withheld) == ["MLFLOW_TRACKING_PASSWORD"]
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cret-value-for-the-test"  # restored
