@@ -20,6 +20,7 @@ from .errors import ConfigError, check
 from .errors import fail as _fail
 from .prompts import REPO_ROOT, resolve_path  # noqa: F401  (REPO_ROOT: re-exported)
 from .rundir import RunDir, science_hash
+from .tracking import TrackingAccessError, check_tracking_uri
 
 SHAPES_ASSETS = os.path.join(os.path.dirname(__file__), "worlds", "shapes", "assets")
 
@@ -340,6 +341,10 @@ class RunConfig:
         check(self.threads >= 0, "threads", self.threads, "must be >= 0")
         check(bool(self.experiment) and "/" not in self.experiment, "experiment", self.experiment,
               "must be a non-empty name without '/'")
+        try:  # the message must not repeat the value: it would hold a password
+            check_tracking_uri(self.tracking_uri)
+        except TrackingAccessError as e:
+            raise ConfigError(f"tracking_uri: {e}") from None
         for sec, world in WORLD_SECTIONS.items():
             if self.model.world != world:
                 changed = diff_configs(dataclasses.asdict(type(getattr(self, sec))()), dataclasses.asdict(getattr(self, sec)),

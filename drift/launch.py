@@ -46,6 +46,7 @@ import time
 from submitit.helpers import DelayedSubmission
 
 from .rundir import RunDir, is_done
+from .tracking import TrackingAccessError, check_tracking_access
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_DIRS = ("drift", "baselines")  # what a job imports; experiments/ only builds the submission
@@ -273,6 +274,7 @@ class RunJob:
         if is_done(run_dir):
             return {"status": "done", "run_dir": run_dir, "ran": False}
         check_code(self.code, self.code_policy)
+        dist.on_main(lambda: check_tracking_access(cfg.resolved_tracking_uri()))  # credentials, read on this node
         os.makedirs(run_dir, exist_ok=True)
         lock = RunLock(run_dir, self.lock_wait_s)
 
@@ -344,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     except CodeChanged as e:
         print(f"[launch] refused: {e}", flush=True)
         return 4
+    except TrackingAccessError as e:
+        print(f"[launch] stopped before training: {e}", flush=True)
+        return 5
     except KeyboardInterrupt:
         print("[launch] stopped; the last checkpoint is kept", flush=True)
         return 130

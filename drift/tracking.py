@@ -12,7 +12,13 @@ keys MLflow does not hold yet for that step.
 Retries: transient errors (connection errors, timeouts, SQLite "database is locked" which MLflow reports
 as TEMPORARILY_UNAVAILABLE, a server's exhausted connection pool) are retried with backoff and counted in
 ``RETRIES``; an error no retry can fix (``PERMANENT`` codes, e.g. "Changing param values is not
-allowed") is raised at once, verbatim.
+allowed", and a server's 401/403) is raised at once, verbatim.
+
+Authentication (an MLflow server with basic auth, ``slurm/mlflow_server.sh``): the client takes the
+credentials where MLflow does, on the machine it runs on (the compute node): ``MLFLOW_TRACKING_USERNAME``
+/ ``MLFLOW_TRACKING_PASSWORD``, else ``~/.mlflow/credentials``; never from the URI, config or params.
+``check_tracking_access`` is the preflight: one authenticated read before any work, raising
+``TrackingAccessError`` that names the variable or file to set.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import os
 import random
 import time
+import urllib.parse
 import warnings
 
 from .rundir import RunDir, read_jsonl
@@ -89,6 +96,85 @@ def _retry(fn, what: str, tries: int = 6):
             warnings.warn(f"MLflow {what} failed ({type(e).__name__}: {str(e)[:300]}); retrying in {wait:.1f}s")
             time.sleep(wait)
             delay = min(delay * 2, 8)
+
+
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+"""The environment variables an MLflow client takes a server's basic-auth credentials from."""
+
+
+class TrackingAccessError(RuntimeError):
+    """The MLflow server refused this client (no, wrong or insufficient credentials), or the tracking
+    URI holds credentials; raised before any work starts, never retried."""
+
+
+def credentials_file() -> str:
+    """MLflow's credentials file (``[mlflow] mlflow_tracking_username / mlflow_tracking_password``),
+    which its client reads on every request when the variables are not set."""
+    return os.path.expanduser("~/.mlflow/credentials")
+
+
+def mlflow_credentials() -> tuple[str | None, str | None, str]:
+    """(username, password, where) as MLflow's client resolves them: each variable of CREDENTIAL_VARS
+    if set, else its key in ``credentials_file()``. ``where`` names the sources (for messages; it never
+    holds the password)."""
+    import configparser
+
+    path = credentials_file()
+    cp = configparser.ConfigParser()
+    if os.path.exists(path):
+        cp.read(path)
+    got, where = [], []
+    for var in CREDENTIAL_VARS:
+        value = os.environ.get(var) or cp.get("mlflow", var.lower(), fallback=None)
+        got.append(value or None)
+        if value:
+            where.append(var if os.environ.get(var) else path)
+    return got[0], got[1], " and ".join(dict.fromkeys(where)) or "nowhere"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """TrackingAccessError for a URI with credentials in it (``user:password@host``): the URI is written
+    to config.json, sweep.json and the run's params. The message leaves them out."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        raise TrackingAccessError(
+            f"the tracking URI {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path} "
+            "holds credentials (user:password@): a URI is written to config.json, sweep.json and the run's "
+            f"params. Pass it without them and set {' / '.join(CREDENTIAL_VARS)} or {credentials_file()} (mode 0600)")
+
+
+def check_tracking_access(uri: str) -> None:
+    """Preflight before any work: for an http(s) MLflow server, one authenticated read.
+
+    Raises TrackingAccessError, at once (401/403 are never retried, and nothing falls back to another
+    store), with a message naming the variable or file to set; also for credentials in the URI
+    (``check_tracking_uri``). Connection errors are retried like every MLflow call, then raised.
+    A no-op for other stores."""
+    check_tracking_uri(uri)
+    if urllib.parse.urlsplit(uri).scheme not in ("http", "https"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        _retry(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1), "access check")
+    except Exception as e:
+        code = getattr(e, "error_code", None)
+        if code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise
+        user, password, where = mlflow_credentials()
+        how = (f"set {CREDENTIAL_VARS[0]} and {CREDENTIAL_VARS[1]}, or write them to {credentials_file()} "
+               "(mode 0600; slurm/mlflow_server.sh start creates it for the server's owner; see docs/sweeps.md)")
+        if code == "PERMISSION_DENIED":
+            msg = (f"MLflow server {uri} denied user {user!r} (credentials from {where}) access (403): ask the "
+                   f"server's admin for a permission, or use other credentials: {how}")
+        elif not (user and password):
+            missing = [v for v, x in zip(CREDENTIAL_VARS, (user, password)) if not x]
+            msg = (f"MLflow server {uri} requires authentication (401) and no {' / '.join(missing)} was found "
+                   f"(neither the variable nor {credentials_file()}): {how}")
+        else:
+            msg = (f"MLflow server {uri} rejected the credentials of user {user!r} from {where} (401: wrong "
+                   f"password or unknown user; rotated?): fix {CREDENTIAL_VARS[1]} or {credentials_file()}")
+        raise TrackingAccessError(msg) from None
 
 
 @contextlib.contextmanager
@@ -165,6 +251,7 @@ class Tracker:
         self._present: tuple[int, set[str]] | None = None  # keys MLflow already holds for a cut-off push
         if uri.lower() == "none":
             return
+        check_tracking_access(uri)  # no, wrong or refused credentials: a clear error before anything else
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)

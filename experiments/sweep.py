@@ -18,6 +18,7 @@ Exit status: 0 all points done; 1 some failed; 2 invalid grid or arguments (noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,6 +37,8 @@ if ROOT not in sys.path:
 from drift.config import ConfigError, parse_overrides  # noqa: E402
 from drift.launch import RunJob, RunLock, code_state  # noqa: E402
 from drift.rundir import NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, is_done  # noqa: E402
+from drift.tracking import (CREDENTIAL_VARS, TrackingAccessError, check_tracking_access,  # noqa: E402
+                            check_tracking_uri, credentials_file, mlflow_credentials)
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
 
 CHECKOUT = os.path.exists(os.path.join(ROOT, "pyproject.toml"))
@@ -141,6 +144,32 @@ def require_profile(profile: str | None, why: str) -> str:
     raise GridError(f"the executor is Slurm ({why}) but no --profile was given; pass --profile NAME "
                     f"(slurm/NAME.toml; here: {profiles()}; local_ci is the CI's one-node cluster, no GPUs) or a "
                     "path to your own, or --executor local to run here")
+
+
+SLURM_WITHHELD = (CREDENTIAL_VARS[1],)
+"""Not handed to sbatch: Slurm keeps a batch job's environment in files (slurmctld's state directory);
+the jobs read the password from ~/.mlflow/credentials on the compute node instead."""
+
+
+@contextlib.contextmanager
+def slurm_job_env():
+    """This process's environment as a Slurm job will see it: SLURM_WITHHELD variables removed
+    (for the access check, and around the sbatch call), restored afterwards."""
+    saved = {k: os.environ.pop(k) for k in SLURM_WITHHELD if k in os.environ}
+    try:
+        yield saved
+    finally:
+        os.environ.update(saved)
+
+
+def check_slurm_secrets(prof: "SlurmProfile") -> None:
+    """GridError if the profile's setup lines or extra sbatch options hold the MLflow password
+    (they are written verbatim into the sbatch script under runs/<grid>/.submitit)."""
+    password = mlflow_credentials()[1]
+    texts = [*prof.setup, *(f"{k}={v}" for k, v in prof.additional.items())]
+    if password and any(password in t for t in texts):
+        raise GridError(f"a setup line or sbatch option of the Slurm profile holds the MLflow password: it would "
+                        f"be written to the job's sbatch script; remove it (jobs read {credentials_file()})")
 
 
 def slurm_available() -> tuple[bool, str]:
@@ -421,7 +450,7 @@ def run_slurm(sw: Sweep, todo: list[Point], code: dict, policy: str, prof: Slurm
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=prof.max_num_timeout)
     ex.update_parameters(**prof.executor_params(f"drift-{sw.experiment}"))
     jobs = []
-    with ex.batch():
+    with slurm_job_env(), ex.batch():  # sbatch gets no password (see SLURM_WITHHELD)
         for p in todo:
             jobs.append(ex.submit(RunJob(p.overrides, code, policy, tags=point_tags(sw, p))))
     array = jobs[0].job_id.split("_")[0] if jobs else "?"
@@ -490,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=os.path.join(ROOT if CHECKOUT else os.getcwd(), "runs"), help="output root (runs go to <out>/<experiment>/)")
     ap.add_argument("--experiment", default=None, help="experiment name (default: the grid's name; "
                     "<grid>_<world> for a non-default world)")
-    ap.add_argument("--tracking-uri", default="", help="MLflow URI for every run (default: $MLFLOW_TRACKING_URI, "
+    ap.add_argument("--tracking-uri", default=None, help="MLflow URI for every run (default: $MLFLOW_TRACKING_URI, "
                     "else sqlite:///<out>/mlflow.db; 'none' = off). On a cluster use slurm/mlflow_server.sh")
     ap.add_argument("--code-policy", default="refuse", choices=("refuse", "warn", "ignore"),
                     help="a restarted job whose code differs from the submitted code: refuse (default), warn, ignore")
@@ -553,13 +582,17 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(args, k) is not None:
                     setattr(prof, k, getattr(args, k))
             prof.setup = [*prof.setup, *args.setup]
+            check_slurm_secrets(prof)
         if args.parallel < 1:
             raise GridError(f"--parallel={args.parallel}: must be >= 1")
         threads = prof.cpus_per_task if prof else args.threads
         out = os.path.abspath(args.out)
         extra = parse_overrides(args.extra)
         common = {"experiment": experiment, "out": out, "threads": threads}
-        if args.tracking_uri:
+        if args.tracking_uri is not None:
+            if not args.tracking_uri.strip():  # e.g. "$(slurm/mlflow_server.sh uri)" with no server running
+                raise GridError("--tracking-uri '': empty (a failed $(...)?); it would silently log to the default "
+                                "local store. Pass the server's URI, 'none', or leave the option out for the default")
             common["tracking_uri"] = args.tracking_uri
         points = expand(grid, world, extra, common)
         if prof is not None and prof.tasks_per_node != 1:  # whole groups per rank, before anything is submitted
@@ -583,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = points[0].cfg.resolved_tracking_uri()
         for p in points:  # pin the resolved URI so array tasks do not depend on their environment
             p.overrides["tracking_uri"] = uri
+        check_tracking_uri(uri)  # no user:password@ in a URI that every run records
         if args.check:
             args.dry_run = True
         if not args.dry_run or args.check:  # a world without a backend, missing model files: before anything is written
@@ -595,10 +629,22 @@ def main(argv: list[str] | None = None) -> int:
                     raise GridError(f"grid {grid.name!r} point #{p.index} ({p.label()}): {e}") from None
             if args.check:
                 say(f"check: the preflight passed for all {len(points)} points (model files and weights readable)")
-    except (GridError, ConfigError) as e:
+    except (GridError, ConfigError, TrackingAccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     exp_dir = os.path.join(out, experiment)
+    if (not args.dry_run or args.check) and uri.lower() != "none":  # no, wrong or refused credentials: before anything is written
+        with slurm_job_env() if executor == "slurm" else contextlib.nullcontext({}) as withheld:
+            try:
+                check_tracking_access(uri)  # with the credentials the jobs will have
+            except Exception as e:  # noqa: BLE001 -- a refusal (TrackingAccessError) or an unreachable server
+                why = str(e) if isinstance(e, TrackingAccessError) else \
+                    f"MLflow at {uri} is not usable ({type(e).__name__}: {str(e)[:300]})"
+                if withheld and isinstance(e, TrackingAccessError):
+                    why = (f"Slurm jobs do not get {', '.join(withheld)} (sbatch would hand it to Slurm, which keeps "
+                           f"a batch job's environment in its state files); they read {credentials_file()}: {why}")
+                print(f"error: {why}; nothing was submitted", file=sys.stderr)
+                return 2
 
     if args.dry_run:
         return dry_run(grid, world, experiment, exp_dir, points, extra, common, uri, executor, prof, args)

@@ -2,7 +2,8 @@
 
 T12: 32 processes (2 "array tasks" x 16) each log STEPS steps x KEYS keys through ``drift.tracking.
 Tracker`` (one ``log_batch`` per step, the engine's pattern) (a) to a local MLflow tracking server
-started by ``slurm/mlflow_server.sh`` (the topology the project recommends for sweeps), (b) to one
+started by ``slurm/mlflow_server.sh`` (the topology the project recommends for sweeps, with its
+authentication on), (b) to one
 shared SQLite file. Server: every (run, key, step) present exactly once with its value, no
 exception. SQLite: the same, or failures that are LOUD (an exception in the writer, naming the
 error), never a silent loss; which of the two happened is printed (``-s``) and written to
@@ -144,21 +145,31 @@ def _template_db(path: str) -> None:
 
 
 @pytest.mark.slow
-def test_32_writers_through_a_tracking_server_lose_nothing(tmp_path):
-    """T12 (a): the recommended topology: one server (SQLite on its local disk), tasks over HTTP."""
+def test_32_writers_through_a_tracking_server_lose_nothing(tmp_path, monkeypatch):
+    """T12 (a): the recommended topology: one server (SQLite on its local disk, authentication on),
+    tasks over HTTP with the admin's credentials (which the script wrote to <HOME>/.mlflow/credentials)."""
+    import configparser
+
     from drift.tracking import init_mlflow_experiment
 
-    sdir = tmp_path / "server"
-    sdir.mkdir()
+    sdir, home = tmp_path / "server", tmp_path / "home"
+    sdir.mkdir(mode=0o700)
+    home.mkdir()
     _template_db(str(sdir / "mlflow.db"))  # `db upgrade` in the script is then a quick no-op
-    env = {**os.environ, "DRIFT_MLFLOW_DIR": str(sdir), "DRIFT_MLFLOW_ARTIFACTS": str(tmp_path / "art"),
+    env = {**os.environ, "HOME": str(home), "DRIFT_MLFLOW_DIR": str(sdir), "DRIFT_MLFLOW_ARTIFACTS": str(tmp_path / "art"),
            "DRIFT_MLFLOW_HOST": "127.0.0.1", "DRIFT_MLFLOW_PORT": str(_free_port()),
            "MLFLOW": os.path.join(os.path.dirname(sys.executable), "mlflow")}
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(k, None)
     script = os.path.join(ROOT, "slurm", "mlflow_server.sh")
     up = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=150)
     pid = int((sdir / "mlflow.pid").read_text()) if (sdir / "mlflow.pid").exists() else None
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        cred = configparser.ConfigParser()
+        cred.read(home / ".mlflow" / "credentials")
+        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # inherited by the forked writers
+            monkeypatch.setenv(k, cred["mlflow"][k.lower()])
         port = int((sdir / "uri").read_text().strip().rsplit(":", 1)[1])
         uri = f"http://127.0.0.1:{port}"
         _forked(init_mlflow_experiment, uri, EXPERIMENT, None)  # the launcher's pre-init
