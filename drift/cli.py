@@ -60,14 +60,15 @@ def help_text() -> str:
 def run_status(cfg) -> tuple[str, list[str]]:
     """What ``train(cfg)`` would do with the run directory, reading only: ('start' | 'resume from
     iteration k' | 'skip: finished' | 'refuse: ...', the config differences from config.json)."""
-    from .launch import committed_step, is_done
+    from .rundir import RunDir, is_done
     from .train import config_changes
 
     run_dir = cfg.run_dir()
     if is_done(run_dir):
         return "skip: finished (DONE and final_eval.json are present)", []
     _, changes = config_changes(cfg)
-    step = committed_step(run_dir)
+    steps = RunDir(run_dir).committed_steps()
+    step = steps[-1] if steps else None
     what = f"resume from iteration {step} of {cfg.train.iterations}" if step is not None else (
         "start (the directory exists without a checkpoint: its earlier logs are replaced)"
         if os.path.isdir(run_dir) else "start")

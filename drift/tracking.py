@@ -61,7 +61,7 @@ def run_tags(cfg, run_dir: str, extra: dict | None = None) -> dict[str, str]:
     """The run's MLflow tags: method, seed, run directory, experiment, code hash and git sha (of the
     code on disk, ``drift.launch.code_state``), plus ``extra`` from the sweep (grid, arm, world,
     ``knob.<key>`` for each swept value, and the submitted code's hash)."""
-    from .launch import code_state
+    from .provenance import code_state
 
     code = code_state()
     tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir),

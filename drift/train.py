@@ -384,12 +384,7 @@ def _last_eval(run_dir: str) -> dict:
     return {"final": last, "initial": first}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m drift.train``: the command line lives in drift/cli.py."""
-    from .cli import main as cli_main
+if __name__ == "__main__":  # python -m drift.train: the command line lives in drift/cli.py
+    from .cli import main
 
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -35,7 +35,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from drift.config import ConfigError, parse_overrides  # noqa: E402
-from drift.launch import RunJob, RunLock, code_state  # noqa: E402
+from drift.launch import RunJob, RunLock  # noqa: E402
+from drift.provenance import code_state  # noqa: E402
 from drift.rundir import NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, is_done  # noqa: E402
 from drift.tracking import (CREDENTIAL_VARS, TrackingAccessError, check_tracking_access,  # noqa: E402
                             check_tracking_uri, credentials_file, mlflow_credentials)

@@ -137,7 +137,7 @@ def test_a_sweep_point_logs_cli_names_tags_every_grid_and_heartbeats(tmp_path, c
     assert params["train.iterations"] == "2"
     assert tags["grid"] == "smoke" and tags["arm"] == "drift" and tags["knob.drift.lam"] == "1.0"
     assert tags["seed"] == "0" and tags["method"] == "drift" and tags["world"] == "shapes"
-    from drift.launch import code_state
+    from drift.provenance import code_state
 
     assert tags["code_hash"] == code_state()["code_hash"] == tags["submitted_code_hash"]
     assert tags["git_sha"]

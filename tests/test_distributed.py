@@ -138,7 +138,8 @@ def _driver(spec_path: str) -> None:
     sys.path.insert(0, ROOT)
     from drift import distributed as dist
     from drift.config import make_config
-    from drift.train import main, train
+    from drift.cli import main
+    from drift.train import train
 
     class Crash(Exception):
         pass

@@ -951,7 +951,7 @@ def test_missing_model_or_prompt_files_fail_before_anything_is_written(tmp_path)
 # T20: code drift between submit and requeue, with a real edited file
 # ================================================================================================
 def test_edited_source_file_after_submission_is_named(tmp_path):
-    from drift.launch import CODE_DIRS, CodeChanged, check_code, code_state
+    from drift.provenance import CODE_DIRS, CodeChanged, check_code, code_state
 
     root = str(tmp_path / "code")
     for d in CODE_DIRS:

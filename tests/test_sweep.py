@@ -14,7 +14,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from drift.launch import CodeChanged, RunJob, RunLock, RunLocked, check_code, code_state  # noqa: E402
+from drift.launch import RunJob, RunLock, RunLocked  # noqa: E402
+from drift.provenance import CodeChanged, check_code, code_state  # noqa: E402
 from experiments import sweep  # noqa: E402
 from experiments.grids import Arm, Grid, GridError, expand, load, names  # noqa: E402
 
