@@ -92,6 +92,7 @@ class RegInput:
     num_steps: int
     iteration: int
     total_iterations: int
+    sde_type: str = "sde"  # sample.sde_type: with 'cps', std is what Flow-GRPO's KL divides by (no |dt| in it)
 
 
 def vary_identity(inp: VaryInput) -> tuple[Cond, dict[str, float]]:
@@ -114,7 +115,7 @@ def kl_regulariser(beta: float, exact: bool = False):
     """Flow-GRPO's regulariser beta * KL(pi_theta || pi_ref) per trained step (closed form for two
     same-variance Gaussian steps; see drift.sde.kl_gaussian_same_std for the code vs exact form)."""
     def reg(inp: "RegInput"):
-        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt)
+        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt, sde_type=inp.sde_type)
         return beta * kl, {"loss/kl": float(kl.detach().mean())}
 
     return reg

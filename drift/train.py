@@ -30,6 +30,7 @@ from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import ConfigError, RunConfig, diff_configs, make_config
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
+from .export import EXPORT_JSON, export_run
 from .methods import RegInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .sampling import guided_velocity, sample_trajectories
 from .sde import sde_step_with_logprob
@@ -42,18 +43,21 @@ from .worlds import check_available, make_world
 # PLUMBING: EMA, RNG state, run directory
 # ================================================================================================
 class EMA:
-    """EMA of the trainable weights (Flow-GRPO: decay min((1 + s) / (10 + s), decay), every k steps)."""
+    """EMA of the trainable weights (Flow-GRPO: decay min((1 + s) / (10 + s), decay), every k steps), where the
+    step count s is of ``unit`` (train.ema_unit): 'opt_step' (optimiser steps) or 'iteration'."""
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, every: int):
-        self.params, self.decay, self.every = params, decay, every
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, every: int, unit: str = "opt_step"):
+        self.params, self.decay, self.every, self.unit = params, decay, every, unit
         self.shadow = {k: p.detach().clone() for k, p in params.items()}
         self.updates = 0
 
     @torch.no_grad()
-    def step(self, opt_step: int) -> None:
-        if opt_step % self.every:
+    def step(self, count: int, unit: str = "opt_step") -> None:
+        """Called after every optimiser step (count = optimiser steps so far, unit 'opt_step') and after every
+        iteration (count = iterations so far, unit 'iteration'); updates on this EMA's unit every k counts."""
+        if unit != self.unit or count % self.every:
             return
-        d = min(self.decay, (1 + opt_step) / (10 + opt_step))
+        d = min(self.decay, (1 + count) / (10 + count))
         for k, p in self.params.items():
             self.shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
         self.updates += 1
@@ -223,7 +227,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
     params = world.trainable_parameters()
     dist.broadcast_(params.values())  # every rank starts from rank 0's weights
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
-    ema = EMA(params, tc.ema_decay, tc.ema_every) if tc.ema else None
+    ema = EMA(params, tc.ema_decay, tc.ema_every, tc.ema_unit) if tc.ema else None
     prompt_rng = random.Random(cfg.seed)
     g_sample = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
     g_method = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
@@ -266,7 +270,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             ema.updates = st["ema_updates"]
         print(f"[drift] resumed from checkpoint at iteration {start} in {run_dir}", flush=True)
 
-    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir)}
+    tags = {"method": cfg.method, "seed": str(cfg.seed), "run_dir": os.path.abspath(run_dir),
+            "features_variant": getattr(world.features, "variant", cfg.model.features)}  # e.g. dreamsim/ensemble
     if changes:
         tags["resumed_with_changes"] = "; ".join(changes)[:5000]
     tracker = dist.on_main(lambda: Tracker(run_dir, cfg.resolved_tracking_uri(), cfg.experiment,
@@ -280,10 +285,13 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
         t = time.time()
         ctx = ema.swapped_in() if ema else nullcontext()
         with ctx:
-            m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift)
+            m, imgs = evaluate(world, eval_prompts, noise_eval, cfg.eval.num_steps, S.cfg, S.shift, micro_batch=S.micro_batch)
         grid = os.path.join(run_dir, "samples", f"eval_{step:06d}.png")
         os.makedirs(os.path.dirname(grid), exist_ok=True)
-        dist.on_main(lambda: save_grid(imgs[: cfg.eval.grid_prompts], grid))
+        rows_ = [world.prompt_text(p) for p in eval_prompts[: cfg.eval.grid_prompts]]
+        title = f"iteration {step}{' (EMA)' if ema else ''}: {cfg.method}, seed {cfg.seed}"
+        dist.on_main(lambda: save_grid(imgs[: cfg.eval.grid_prompts], grid, rows_, title))
+        tracker.log_artifact(grid, "samples")  # every evaluation's grid (a no-op off the main process)
         m["sys/eval_seconds"] = time.time() - t
         return m
 
@@ -342,7 +350,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             with torch.no_grad():
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features,
-                                           draw_eps=dist.sliced_randn(g_sample, rows, bp.images))
+                                           draw_eps=dist.sliced_randn(g_sample, rows, bp.images), micro_batch=S.micro_batch)
             m["sys/sample_seconds"] = sw.lap()
 
             # ============================================================================================
@@ -398,7 +406,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                 for s0 in range(0, B, mb):
                     sl = slice(s0, s0 + mb)
                     x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
-                    v = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg)
+                    v = guided_velocity(world, x_j, sigmas[j], cond.index(sl), uncond.index(sl), S.cfg,
+                                        detach_uncond=tc.cfg_grad == "cond_only")
                     out = sde_step_with_logprob(v, x_j, sigmas[j], sigmas[j + 1], S.noise_level, sigmas[1],
                                                 prev_sample=x_next, sde_type=S.sde_type)
                     policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
@@ -412,7 +421,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                                                                  sigmas[1], prev_sample=x_next, sde_type=S.sde_type).mean
                         n = x_j.shape[0]
                         reg, rm = hooks.regulariser(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
-                                                             (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
+                                                             (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations,
+                                                             S.sde_type))
                         loss = loss + reg
                         for k2, v2 in rm.items():
                             logs.setdefault(k2, []).append(v2)
@@ -447,8 +457,10 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                     opt.zero_grad(set_to_none=True)
                     opt_step += 1
                     if ema:
-                        ema.step(opt_step)
+                        ema.step(opt_step, "opt_step")
                     t_opt += sw.lap()
+            if ema:
+                ema.step(it + 1, "iteration")
             m.update({k: float(np.mean(v)) for k, v in logs.items()})
             m["loss/skipped_steps"] = float(len(logs.get("loss/skipped_steps", [])))  # a count, not a mean of 1s
             t_fwd += sw.lap()  # the logging of the last micro-batch
@@ -483,6 +495,11 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             for pth in (first_grid, last_grid, final_path, os.path.join(run_dir, "config.json")):
                 if os.path.exists(pth):
                     tracker.log_artifact(pth)
+            if cfg.model.finetune == "lora":  # the policy as standard LoRA / model folders (drift/export.py)
+                try:
+                    tracker.log_artifact(os.path.join(export_run(run_dir), EXPORT_JSON))
+                except Exception as e:  # the run itself is complete; `python -m drift.export RUN_DIR` can retry
+                    warnings.warn(f"{run_dir}: could not write the export folder ({type(e).__name__}: {e})")
             tracker.finish("FINISHED")
             with open(done_path, "w") as f:
                 f.write(json.dumps({"iterations": tc.iterations, "mlflow_run_id": tracker.run_id}))
