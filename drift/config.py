@@ -173,12 +173,12 @@ class TrainConfig:
     """Keep an EMA of the trainable weights; evaluation and the final weights use it."""
     ema_decay: float = 0.9
     """EMA decay (with Flow-GRPO's warm-up min((1 + s) / (10 + s), decay))."""
-    ema_every: int = 8
-    """Update the EMA every this many ``ema_unit``s."""
-    ema_unit: str = "opt_step"
+    ema_every: int = 2
+    """Update the EMA every this many ``ema_unit``s (2 iterations: the lag of Flow-GRPO's SD3 configs, docs/methods.md)."""
+    ema_unit: str = "iteration"
     """What ``ema_every`` counts: 'iteration' (one EMA update per ema_every iterations, warm-up indexed by the
     iteration; the lag then does not depend on train.steps_per_update) or 'opt_step' (optimiser steps)."""
-    cfg_grad: str = "both"
+    cfg_grad: str = "cond_only"
     """Gradient of the CFG-guided velocity in the training forward: 'cond_only' (the unconditional prediction
     is detached before v_u + w (v_c - v_u), as Flow-GRPO's SD3 trainer at ac4c86e; gradient w dv_c) or 'both'
     (through both branches: w dv_c - (w - 1) dv_u, as later Flow-GRPO code). Sampling is gradient-free either way."""

@@ -437,6 +437,9 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                     logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
                     logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
                     logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
+                    if j == 0:  # before the iteration's first optimiser step: every ratio here is on-policy
+                        logs.setdefault("loss/ratio_first_step_dev", []).append(float((diag["ratio"] - 1).abs().max()))
+                        logs.setdefault("loss/clipfrac_first_step", []).append(float(diag["clipped"].float().mean()))
                 n_acc += 1
                 if n_acc == tc.steps_per_update or j == n_train - 1:
                     n_acc = 0
@@ -462,6 +465,13 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             if ema:
                 ema.step(it + 1, "iteration")
             m.update({k: float(np.mean(v)) for k, v in logs.items()})
+            if "loss/ratio_first_step_dev" in logs:
+                m["loss/ratio_first_step_dev"] = float(np.max(logs["loss/ratio_first_step_dev"]))  # max over micro-batches
+            if it == 0 and m.get("loss/clipfrac_first_step", 0) > 0:
+                warnings.warn(f"iteration 0: {m['loss/clipfrac_first_step']:.1%} of the on-policy ratios of the first trained "
+                              f"step are clipped (max |ratio - 1| = {m['loss/ratio_first_step_dev']:.2e} > train.clip_range="
+                              f"{tc.clip_range}): sampling and training forwards differ numerically; try sample.micro_batch = "
+                              "train.micro_batch or a higher sd3.dtype (docs/sd3.md, Memory)")
             m["loss/skipped_steps"] = float(len(logs.get("loss/skipped_steps", [])))  # a count, not a mean of 1s
             t_fwd += sw.lap()  # the logging of the last micro-batch
             m.update({"sys/forward_seconds": t_fwd, "sys/backward_seconds": t_bwd, "sys/optimizer_seconds": t_opt,

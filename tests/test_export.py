@@ -106,3 +106,17 @@ def test_generate_and_export_commands(run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "drift.export", run_dir, "--step", "1"], env=ENV, cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--step=1: no checkpoint" in r.stderr
+
+
+def test_grids_cap_their_tiles_and_carry_prompts_and_iteration(tmp_path):
+    from drift.viz import save_grid, tile_side
+
+    assert (tile_side(32), tile_side(64), tile_side(96), tile_side(512), tile_side(1024)) == (96, 64, 96, 256, 256)
+    big = torch.rand(2, 3, 3, 512, 512)
+    w, h = save_grid(big, str(tmp_path / "g.png"), ["a cat", "a dog " * 100], "iteration 50")
+    assert w == 3 * (256 + 2) + 2 and h == (14 + 2) + 2 * (256 + 2 + 14) + 2  # header + (prompt line + tile) per row
+    assert save_grid(big, str(tmp_path / "plain.png")) == (3 * 258 + 2, 2 * 258 + 2)
+    small = torch.rand(1, 2, 3, 32, 32)
+    save_grid(small, str(tmp_path / "s.png"), ["a red circle"], "iteration 0")
+    tile = read_grid_tile(str(tmp_path / "s.png"), 0, 1, 32, 32)
+    assert tile.shape == (3, 96, 96) and (tile[:, ::3, ::3] - (small[0, 1] * 255).round() / 255).abs().max() < 1e-6

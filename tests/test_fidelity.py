@@ -170,6 +170,11 @@ def test_f3_iteration_cadence_matches_flow_grpo_lag(iters):
     assert old > 2.5 * ref
 
 
+def test_f1_f3_defaults_are_the_reference_behaviour():
+    t = TrainConfig()
+    assert t.cfg_grad == "cond_only" and (t.ema_every, t.ema_unit) == (NEW_EMA["every"], NEW_EMA["unit"])
+
+
 def test_f3_ema_unit_is_validated():
     with pytest.raises(ConfigError, match="train.ema_unit"):
         TrainConfig(ema_unit="epoch")

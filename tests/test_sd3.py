@@ -107,6 +107,9 @@ def test_every_method_two_iterations_with_mlflow(models, mlflow_uri, tmp_path, m
     (run,) = client.search_runs([client.get_experiment_by_name(f"sd3_{method}").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.world"] == "sd3" and run.data.params["sd3.resolution"] == "64"
+    assert run.data.tags["features_variant"] == cfg.model.features  # F8: what measured the diversity
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {"samples/eval_000000.png", "samples/eval_000001.png", "samples/eval_000002.png"} <= arts  # every eval
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward/mean")) == [1, 2]
 
 
