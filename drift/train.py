@@ -397,6 +397,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
             # ALGO 4: PPO-clip updates over the trained steps, in order (+ method regulariser)
             # ============================================================================================
             t_fwd = t_bwd = t_opt = 0.0
+            opt_steps_before = opt_step
             mb = bp.micro_batch
             logs: dict[str, list[float]] = {}
             n_acc = 0
@@ -462,7 +463,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, fa
                     if ema:
                         ema.step(opt_step, "opt_step")
                     t_opt += sw.lap()
-            if ema:
+            if ema and opt_step > opt_steps_before:  # an iteration whose every step was skipped leaves both as they were
                 ema.step(it + 1, "iteration")
             m.update({k: float(np.mean(v)) for k, v in logs.items()})
             if "loss/ratio_first_step_dev" in logs:
