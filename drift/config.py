@@ -181,7 +181,7 @@ class TrainConfig:
     cfg_grad: str = "cond_only"
     """Gradient of the CFG-guided velocity in the training forward: 'cond_only' (the unconditional prediction
     is detached before v_u + w (v_c - v_u), as Flow-GRPO's SD3 trainer at ac4c86e; gradient w dv_c) or 'both'
-    (through both branches: w dv_c - (w - 1) dv_u, as later Flow-GRPO code). Sampling is gradient-free either way."""
+    (through both branches: w dv_c - (w - 1) dv_u; later Flow-GRPO code reportedly). Sampling is gradient-free either way."""
     max_nonfinite_skips: int = 5
     """Stop the run after this many consecutive optimiser steps skipped for a non-finite loss or gradient."""
 
