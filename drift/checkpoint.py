@@ -115,6 +115,15 @@ def _verify(folder: str) -> dict:
     return manifest
 
 
+def load_folder(folder: str) -> tuple[int, dict[str, torch.Tensor], dict]:
+    """(step, tensors, state) of one checkpoint folder, verified against its manifest (CheckpointError if not)."""
+    manifest = _verify(folder)
+    tensors = load_file(os.path.join(folder, "tensors.safetensors"))
+    with open(os.path.join(folder, "state.json")) as f:
+        state = json.load(f)
+    return manifest["step"], tensors, state
+
+
 def load_latest(run_dir: str) -> tuple[int, dict[str, torch.Tensor], dict] | None:
     """The newest valid checkpoint as (step, tensors, state), or None if there is none.
 
@@ -131,13 +140,10 @@ def load_latest(run_dir: str) -> tuple[int, dict[str, torch.Tensor], dict] | Non
     for d in sorted((d for d in os.listdir(root) if d.startswith(RunDir.CHECKPOINT_PREFIX)), reverse=True):
         folder = os.path.join(root, d)
         try:
-            manifest = _verify(folder)
-            tensors = load_file(os.path.join(folder, "tensors.safetensors"))
-            with open(os.path.join(folder, "state.json")) as f:
-                state = json.load(f)
+            step, tensors, state = load_folder(folder)
             if errors:
                 warnings.warn(f"fell back to checkpoint {folder}: newer ones are invalid: {'; '.join(errors)}")
-            return manifest["step"], tensors, state
+            return step, tensors, state
         except Exception as e:  # CheckpointError, OSError, JSON or safetensors errors: try the previous one
             errors.append(str(e) if folder in str(e) else f"{folder}: {type(e).__name__}: {e}")
     if errors:

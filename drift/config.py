@@ -34,6 +34,10 @@ config.json and the config hash hold the resolved value)."""
 SD3_FEATURES = ("dreamsim", "clip", "dino")  # = drift.worlds.sd3.features.FEATURES (kept here: no torch import)
 SD3_REWARDS = ("pickscore", "hpsv21", "clipscore", "aesthetic", "jpeg")  # = drift.worlds.sd3.rewards.REWARDS
 DTYPES = ("fp32", "fp16", "bf16")
+FLOW_GRPO_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                          "attn.add_v_proj", "attn.to_add_out")
+"""Flow-GRPO's LoRA target modules for SD3 (scripts/train_sd3.py of yifan123/flow_grpo): attention of the joint
+blocks only, no MLPs, no 'attn2' of the dual-attention blocks."""
 
 
 @dataclass
@@ -50,8 +54,11 @@ class ModelConfig:
     """LoRA rank r."""
     lora_alpha: float = 16.0
     """LoRA alpha (scale = alpha / r)."""
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-    """Module names that get LoRA adapters (Flow-GRPO: the joint-attention projections)."""
+    lora_targets: tuple[str, ...] = FLOW_GRPO_LORA_TARGETS
+    """Modules that get LoRA adapters, matched as peft does (a module whose name ends with '.' + target).
+    Default: Flow-GRPO's list, the joint-attention projections of each block ('attn.to_q', ...); the
+    'attn.' prefix keeps the second self-attention of SD3.5's dual-attention blocks ('attn2.*') frozen, as
+    Flow-GRPO does. Checked against the model's module names before a run starts."""
     features: str = ""
     """Diversity feature network used in-loop and for evaluation. shapes: a folder ('' = the committed
     CNN); sd3: a feature-net name, 'dreamsim' (default), 'clip' or 'dino' (its weights: sd3.features_path)."""
@@ -101,8 +108,14 @@ class SampleConfig:
     cfg: float = 3.0
     """Classifier-free guidance scale at sampling and in the training forward (the policy is the
     guided velocity, as Flow-GRPO); 1 = no CFG (half the cost, Flow-GRPO's later recommendation)."""
-    shift: float = 1.0
-    """Timestep shift of the sigma schedule (SD3 uses 3.0)."""
+    shift: float = 0.0
+    """Timestep shift of the sigma schedule; 0 = the model's own: shapes 1.0 (as its base model was trained),
+    sd3 the pipeline scheduler's config ('shift', 3.0 for SD3.5-M)."""
+    micro_batch: int = 0
+    """Trajectories per transformer call while sampling (and in evaluation); 0 = the whole batch in one call.
+    With CFG each call runs 2x this many rows; set it to bound sampling memory (e.g. = train.micro_batch).
+    Must divide group_size * groups_per_iter; the trajectories do not depend on it (same noise, equal slices: on the
+    CPU bitwise the one-call result)."""
     group_size: int = 8
     """G: images per prompt whose rewards are compared (after any subset selection)."""
     groups_per_iter: int = 4
@@ -115,7 +128,8 @@ class SampleConfig:
         check(0 <= self.noise_level <= 2, "sample.noise_level", self.noise_level, "must be in [0, 2]")
         check(self.sde_type in ("sde", "cps"), "sample.sde_type", self.sde_type, "must be 'sde' or 'cps'")
         check(self.cfg >= 1, "sample.cfg", self.cfg, "must be >= 1 (1 = no guidance)")
-        check(self.shift > 0, "sample.shift", self.shift, "must be > 0")
+        check(self.shift >= 0, "sample.shift", self.shift, "must be > 0, or 0 (the model's own shift)")
+        check(self.micro_batch >= 0, "sample.micro_batch", self.micro_batch, "must be >= 0 (0 = the whole batch)")
         check(self.group_size >= 2, "sample.group_size", self.group_size, "must be >= 2: advantages compare samples within a group")
         check(self.groups_per_iter >= 1, "sample.groups_per_iter", self.groups_per_iter, "must be >= 1")
 
@@ -151,8 +165,15 @@ class TrainConfig:
     """Keep an EMA of the trainable weights; evaluation and the final weights use it."""
     ema_decay: float = 0.9
     """EMA decay (with Flow-GRPO's warm-up min((1 + s) / (10 + s), decay))."""
-    ema_every: int = 8
-    """Update the EMA every this many optimiser steps."""
+    ema_every: int = 2
+    """Update the EMA every this many ``ema_unit``s (2 iterations: the lag of Flow-GRPO's SD3 configs, docs/methods.md)."""
+    ema_unit: str = "iteration"
+    """What ``ema_every`` counts: 'iteration' (one EMA update per ema_every iterations, warm-up indexed by the
+    iteration; the lag then does not depend on train.steps_per_update) or 'opt_step' (optimiser steps)."""
+    cfg_grad: str = "cond_only"
+    """Gradient of the CFG-guided velocity in the training forward: 'cond_only' (the unconditional prediction
+    is detached before v_u + w (v_c - v_u), as Flow-GRPO's SD3 trainer at ac4c86e; gradient w dv_c) or 'both'
+    (through both branches: w dv_c - (w - 1) dv_u; later Flow-GRPO code reportedly). Sampling is gradient-free either way."""
     max_nonfinite_skips: int = 5
     """Stop the run after this many consecutive optimiser steps skipped for a non-finite loss or gradient."""
 
@@ -169,6 +190,8 @@ class TrainConfig:
         check(self.max_grad_norm > 0, "train.max_grad_norm", self.max_grad_norm, "must be > 0")
         check(0 <= self.ema_decay < 1, "train.ema_decay", self.ema_decay, "must be in [0, 1)")
         check(self.ema_every >= 1, "train.ema_every", self.ema_every, "must be >= 1")
+        check(self.ema_unit in ("iteration", "opt_step"), "train.ema_unit", self.ema_unit, "must be 'iteration' or 'opt_step'")
+        check(self.cfg_grad in ("cond_only", "both"), "train.cfg_grad", self.cfg_grad, "must be 'cond_only' or 'both'")
         check(self.max_nonfinite_skips >= 1, "train.max_nonfinite_skips", self.max_nonfinite_skips, "must be >= 1")
 
 
@@ -351,10 +374,10 @@ class RunConfig:
                                        f"{sec}.")
                 check(not changed, f"{sec}.*", "; ".join(changed), f"the {sec}.* settings apply to model.world={world!r} "
                       f"only (model.world is {self.model.world!r})")
-        if self.train.micro_batch:
-            n = self.sample.group_size * self.sample.groups_per_iter
-            check(n % self.train.micro_batch == 0, "train.micro_batch", self.train.micro_batch,
-                  f"must divide the trajectories per iteration (group_size * groups_per_iter = {n})")
+        n = self.sample.group_size * self.sample.groups_per_iter
+        for name, mb in (("train.micro_batch", self.train.micro_batch), ("sample.micro_batch", self.sample.micro_batch)):
+            check(not mb or n % mb == 0, name, mb, f"must divide the trajectories per iteration (group_size * "
+                  f"groups_per_iter = {n})")
         spec.validate(self)
 
     # ------------------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ class RegInput:
     num_steps: int
     iteration: int
     total_iterations: int
+    sde_type: str = "sde"  # sample.sde_type: with 'cps', std is what Flow-GRPO's KL divides by (no |dt| in it)
 
 
 def vary_identity(inp: VaryInput) -> tuple[Cond, dict[str, float]]:
@@ -148,7 +149,7 @@ def kl_regulariser(beta: float, exact: bool = False) -> Regulariser:
     """Flow-GRPO's regulariser beta * KL(pi_theta || pi_ref) per trained step (closed form for two
     same-variance Gaussian steps; see drift.sde.kl_gaussian_same_std for the code vs exact form)."""
     def reg(inp: "RegInput"):
-        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt)
+        kl = kl_gaussian_same_std(inp.mean_theta, inp.mean_ref, inp.std, exact=exact, dt=inp.dt, sde_type=inp.sde_type)
         return beta * kl, {"loss/kl": float(kl.detach().mean())}
 
     return Regulariser(reg, needs_reference=True, metrics=("loss/kl",))
@@ -156,13 +157,14 @@ def kl_regulariser(beta: float, exact: bool = False) -> Regulariser:
 
 RANK_REDUCTIONS: dict[str, str] = {
     **{f"loss/{k}": "mean" for k in ("policy", "total", "approx_kl", "clipfrac", "ratio_mean", "grad_norm",
-                                     "skipped_steps")},
+                                     "skipped_steps", "clipfrac_first_step")},
+    "loss/ratio_first_step_dev": "max",
     **{f"sys/{k}_seconds": "max" for k in ("prompt", "sample", "reward", "features", "advantage", "forward",
                                            "backward", "optimizer", "train", "eval", "iter")},
 }
 """The engine's metrics computed on one process's share of the batch, and how they are combined over
-processes: the PPO diagnostics (means over equal shares) by their mean, the timings by their max (the
-slowest process sets the pace). Every other metric comes from global tensors and is left as it is."""
+processes: the PPO diagnostics (means over equal shares) by their mean, the first trained step's largest
+|ratio - 1| and the timings by their max (the slowest process sets the pace). Every other metric comes from global tensors and is left as it is."""
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ def eval_noise(world, num_prompts: int, seeds: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: float, shift: float,
-             batch: int = 256) -> tuple[dict[str, float], torch.Tensor]:
-    """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W))."""
+             batch: int = 256, micro_batch: int = 0) -> tuple[dict[str, float], torch.Tensor]:
+    """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
+    call (sample.micro_batch; 0 = each batch of ``batch`` in one call)."""
     p, s = noise.shape[:2]
     texts = [world.prompt_text(pr) for pr in prompts for _ in range(s)]
     flat_noise = noise.flatten(0, 1)
@@ -35,7 +36,7 @@ def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: flo
     for i in range(0, len(texts), batch):
         cond = world.encode(texts[i : i + batch])
         uncond = world.encode([""] * len(cond))
-        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g)
+        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch)
         images.append(tr.images)
     images = torch.cat(images)
     prompts_rep = [pr for pr in prompts for _ in range(s)]
@@ -50,3 +51,79 @@ def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: flo
     images = images.view(p, s, *images.shape[1:])
     metrics.update({f"eval/{k}": v for k, v in world.eval_extras(images, prompts).items()})
     return metrics, images
+
+
+def prompts_from_file(world, path: str) -> list:
+    """The world's prompts for the texts of a prompt file (drift/prompts.py formats). The shapes world needs its
+    canonical prompt texts (its reward judges the named attributes); an unknown text is refused by line."""
+    from .config import ConfigError
+    from .prompts import read_prompt_file
+
+    texts = [e.text if hasattr(e, "text") else str(e) for e in read_prompt_file(path)]
+    if world.name != "shapes":
+        return texts
+    from .worlds.shapes import world as shapes
+
+    known = {str(p): p for p in shapes.all_prompts()}
+    bad = [t for t in texts if t not in known]
+    if bad:
+        raise ConfigError(f"--prompts={path!r}: {len(bad)} text(s) are not shapes-world prompts, e.g. {bad[0]!r} "
+                          f"(the shapes world scores its canonical prompts, e.g. {next(iter(known))!r})")
+    return [known[t] for t in texts]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m drift.evaluate RUN_DIR|EXPORT_DIR [--prompts FILE] [--num-prompts N] [--seeds S] [--steps N]
+    [--out DIR] [--set key=value ...]: the suite's evaluation (every reward head = alignment, intra-prompt
+    diversity, Vendi, the world's metrics) of a trained policy on the run's eval prompts or a prompt file, with the
+    run's fixed evaluation noise; writes <out>/eval.json and a sample grid, prints the metrics."""
+    import argparse
+    import json
+    import os
+    import sys
+
+    from .config import ConfigError
+    from .export import load_policy
+    from .viz import save_grid
+
+    ap = argparse.ArgumentParser(prog="python -m drift.evaluate", description=main.__doc__)
+    ap.add_argument("source", help="a run directory or an export folder (python -m drift.export)")
+    ap.add_argument("--prompts", default=None, help="prompt file (default: the run's eval prompts)")
+    ap.add_argument("--num-prompts", type=int, default=None, help="first N prompts (default: eval.num_prompts)")
+    ap.add_argument("--seeds", type=int, default=None, help="images per prompt (default: eval.seeds)")
+    ap.add_argument("--steps", type=int, default=None, help="ODE steps (default: eval.num_steps)")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default: the newest)")
+    ap.add_argument("--out", default=None, help="output folder (default SOURCE/evaluation)")
+    ap.add_argument("--set", action="append", default=[], help="a config override, e.g. sd3.device=cuda")
+    a = ap.parse_args(argv)
+    try:
+        for n in ("num_prompts", "seeds", "steps"):
+            v = getattr(a, n)
+            if v is not None and v < (2 if n == "seeds" else 1):
+                raise ConfigError(f"--{n.replace('_', '-')}={v}: must be >= {2 if n == 'seeds' else 1}")
+        cfg, world, info = load_policy(a.source, a.step, overrides=a.set)
+        n = a.num_prompts or cfg.eval.num_prompts
+        prompts = prompts_from_file(world, a.prompts)[:n] if a.prompts else world.eval_prompts(n)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seeds, steps = a.seeds or cfg.eval.seeds, a.steps or cfg.eval.num_steps
+    m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds), steps, cfg.sample.cfg, cfg.sample.shift,
+                       micro_batch=cfg.sample.micro_batch)
+    out = a.out or os.path.join(a.source, "evaluation")
+    os.makedirs(out, exist_ok=True)
+    rows = min(len(prompts), cfg.eval.grid_prompts)
+    save_grid(imgs[:rows], os.path.join(out, "grid.png"), [world.prompt_text(p) for p in prompts[:rows]],
+              f"{info['source']}: {len(prompts)} prompts x {seeds} seeds")
+    res = {"source": info["source"], "prompts": a.prompts or "the run's eval prompts", "num_prompts": len(prompts),
+           "seeds": seeds, "steps": steps, "metrics": m}
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(json.dumps(m, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -10,6 +10,8 @@ in a row stop the run).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -21,10 +23,11 @@ from .sde import StepOut, sde_step_with_logprob
 
 
 def policy_step(world, x: torch.Tensor, x_next: torch.Tensor, j: int, sigmas: torch.Tensor, cond, uncond,
-                sample_cfg) -> StepOut:
+                sample_cfg, detach_uncond: bool = False) -> StepOut:
     """The current policy's (or, inside ``world.reference()``, the reference's) SDE step j from x to
-    the recorded x_next: guided velocity, then the step's mean, std and log p(x_next | x)."""
-    v = guided_velocity(world, x, sigmas[j], cond, uncond, sample_cfg.cfg)
+    the recorded x_next: guided velocity, then the step's mean, std and log p(x_next | x).
+    ``detach_uncond`` (train.cfg_grad='cond_only'): no gradient through the unconditional branch."""
+    v = guided_velocity(world, x, sigmas[j], cond, uncond, sample_cfg.cfg, detach_uncond=detach_uncond)
     return sde_step_with_logprob(v, x, sigmas[j], sigmas[j + 1], sample_cfg.noise_level, sigmas[1],
                                  prev_sample=x_next, sde_type=sample_cfg.sde_type)
 
@@ -48,7 +51,8 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
     t_fwd = t_bwd = t_opt = 0.0
     B, mb = bp.trajectories_per_rank, bp.micro_batch
     logs: dict[str, list[float]] = {}
-    n_acc, reg = 0, hooks.regulariser
+    n_acc, reg, opt_steps_before = 0, hooks.regulariser, state.opt_step
+    detach_uncond = tc.cfg_grad == "cond_only"
     state.opt.zero_grad(set_to_none=True)
     for j in range(n_train):
         adv_j = adv if adv.ndim == 1 else adv[:, j]
@@ -57,7 +61,7 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
             sl = slice(s0, s0 + mb)
             x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
             c, u = cond_j.index(sl), uncond.index(sl)
-            out = policy_step(world, x_j, x_next, j, sigmas, c, u, S)
+            out = policy_step(world, x_j, x_next, j, sigmas, c, u, S, detach_uncond)
             policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
             loss = policy
             if reg is not None and reg.active(j):
@@ -67,7 +71,8 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
                         mean_ref = policy_step(world, x_j, x_next, j, sigmas, c, u, S).mean
                 n = x_j.shape[0]
                 term, rm = reg.fn(RegInput(out.mean, mean_ref, out.std.reshape(-1).expand(n),
-                                           (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations))
+                                           (sigmas[j + 1] - sigmas[j]).expand(n), j, T, it, tc.iterations,
+                                           S.sde_type))
                 loss = loss + term
                 for k2, v2 in rm.items():
                     if k2 not in reg.metrics:
@@ -85,6 +90,9 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
             logs.setdefault("loss/approx_kl", []).append(float(diag["approx_kl"].mean()))
             logs.setdefault("loss/clipfrac", []).append(float(diag["clipped"].mean()))
             logs.setdefault("loss/ratio_mean", []).append(float(diag["ratio"].mean()))
+            if j == 0:  # before the iteration's first optimiser step: every ratio here is on-policy
+                logs.setdefault("loss/ratio_first_step_dev", []).append(float((diag["ratio"] - 1).abs().max()))
+                logs.setdefault("loss/clipfrac_first_step", []).append(float(diag["clipped"].float().mean()))
         n_acc += 1
         if n_acc == tc.steps_per_update or j == n_train - 1:
             n_acc = 0
@@ -105,9 +113,18 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
             state.opt.zero_grad(set_to_none=True)
             state.opt_step += 1
             if state.ema:
-                state.ema.step(state.opt_step)
+                state.ema.step(state.opt_step, "opt_step")
             t_opt += sw.lap()
+    if state.ema and state.opt_step > opt_steps_before:  # an iteration whose every step was skipped changes neither
+        state.ema.step(it + 1, "iteration")
     m = {k: float(np.mean(v)) for k, v in logs.items()}
+    if "loss/ratio_first_step_dev" in logs:
+        m["loss/ratio_first_step_dev"] = float(np.max(logs["loss/ratio_first_step_dev"]))  # max over micro-batches
+    if it == 0 and m.get("loss/clipfrac_first_step", 0) > 0:
+        warnings.warn(f"iteration 0: {m['loss/clipfrac_first_step']:.1%} of the on-policy ratios of the first trained "
+                      f"step are clipped (max |ratio - 1| = {m['loss/ratio_first_step_dev']:.2e} > train.clip_range="
+                      f"{tc.clip_range}): sampling and training forwards differ numerically; try sample.micro_batch = "
+                      "train.micro_batch or a higher sd3.dtype (docs/sd3.md, Memory)")
     m["loss/skipped_steps"] = float(len(logs.get("loss/skipped_steps", [])))  # a count, not a mean of 1s
     t_fwd += sw.lap()  # the logging of the last micro-batch
     m.update({"sys/forward_seconds": t_fwd, "sys/backward_seconds": t_bwd, "sys/optimizer_seconds": t_opt,

@@ -79,6 +79,7 @@ class RunDir:
     SAMPLES, CHECKPOINTS, CHECKPOINT_PREFIX, MANIFEST = "samples", "checkpoints", "step_", "manifest.json"
     LOCK, LAUNCH_LOG, JOB_MARKER, STDOUT_LOG = "LOCK", "launch.jsonl", "JOB.json", "stdout.log"
     HELD, RELEASE = "HELD", "RELEASE"
+    EXPORT = "export"
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -111,6 +112,7 @@ class RunDir:
     stdout_log = property(lambda self: self.file(self.STDOUT_LOG), doc="stdout.log: the local executor's log")
     held = property(lambda self: self.file(self.HELD), doc="HELD: the hold test hook is waiting")
     release = property(lambda self: self.file(self.RELEASE), doc="RELEASE: lets a held run go on")
+    export = property(lambda self: self.file(self.EXPORT), doc="export/: the policy as LoRA / model folders")
 
     def eval_grid(self, step: int) -> str:
         """samples/eval_NNNNNN.png: the evaluation image grid at ``step``."""

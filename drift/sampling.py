@@ -10,15 +10,37 @@ from .worlds.types import Cond
 from .sde import sde_step_with_logprob, x0_from_v
 
 
-def guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uncond: Cond | None, cfg: float) -> torch.Tensor:
-    """v = v_u + cfg (v_c - v_u), computed in one batched forward of 2B (cfg = 1: conditional only)."""
+def guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uncond: Cond | None, cfg: float,
+                    detach_uncond: bool = False) -> torch.Tensor:
+    """v = v_u + cfg (v_c - v_u), computed in one batched forward of 2B (cfg = 1: conditional only).
+
+    ``detach_uncond``: v_u is treated as a constant, so dv/dtheta = cfg dv_c/dtheta (Flow-GRPO's SD3 trainer at
+    ac4c86e); otherwise dv/dtheta = cfg dv_c/dtheta - (cfg - 1) dv_u/dtheta. The value of v is the same.
+    """
     if cfg == 1 or uncond is None:
         return world.velocity(x, sigma, cond)
     n = x.shape[0]
     s = sigma if sigma.ndim == 0 else torch.cat([sigma, sigma])
     v = world.velocity(torch.cat([x, x]), s, Cond.cat([cond, uncond]))
     v_c, v_u = v[:n], v[n:]
+    if detach_uncond:
+        v_u = v_u.detach()
     return v_u + cfg * (v_c - v_u)
+
+
+def sliced_guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, uncond: Cond | None, cfg: float,
+                           micro_batch: int = 0) -> torch.Tensor:
+    """``guided_velocity`` over row slices of at most ``micro_batch`` rows (0 = one call), concatenated: the
+    same v row for row (each row's computation does not involve the others), at a bounded batch per call."""
+    n = x.shape[0]
+    if not micro_batch or micro_batch >= n:
+        return guided_velocity(world, x, sigma, cond, uncond, cfg)
+    parts = []
+    for s0 in range(0, n, micro_batch):
+        sl = slice(s0, s0 + micro_batch)
+        idx = torch.arange(s0, min(n, s0 + micro_batch))
+        parts.append(guided_velocity(world, x[sl], sigma, cond.index(idx), None if uncond is None else uncond.index(idx), cfg))
+    return torch.cat(parts)
 
 
 @dataclass
@@ -44,13 +66,15 @@ class Trajectories:
 @torch.no_grad()
 def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Tensor, sigmas: torch.Tensor,
                         noise_level: float, cfg: float, generator: torch.Generator, sde_type: str = "sde",
-                        record_x0: bool = False, draw_eps=None, step_cond=None) -> Trajectories:
+                        record_x0: bool = False, draw_eps=None, step_cond=None, micro_batch: int = 0) -> Trajectories:
     """Run the flow-SDE from ``noise`` along ``sigmas``, recording states and log-probs.
 
     With noise_level = 0 this is the Euler ODE (log-probs are zeros). Each step's noise comes from
     ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
     from ``generator``. ``step_cond(cond, i, T)``, if given, is the conditioning of step i (the method's
     per-step conditioning, drift.contract.Hooks.step_cond; the PPO replay applies it identically).
+    ``micro_batch`` (sample.micro_batch) bounds the rows per transformer call (x2 with CFG); the noise is
+    drawn for the whole batch, so the trajectories do not depend on it.
     """
     x = noise.to(world.device)  # noise is drawn on the CPU (seeded generators); the world may run elsewhere
     xs, lps, x0s = [x], [], []
@@ -58,7 +82,7 @@ def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Ten
     for i in range(len(sigmas) - 1):
         s = sigmas[i]
         c = cond if step_cond is None else step_cond(cond, i, len(sigmas) - 1)
-        v = guided_velocity(world, x, s, c, uncond, cfg)
+        v = sliced_guided_velocity(world, x, s, c, uncond, cfg, micro_batch)
         if record_x0:
             x0s.append(x0_from_v(x, v, s))
         eps = draw_eps(x.shape, x.device) if draw_eps is not None else None

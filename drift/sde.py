@@ -142,17 +142,18 @@ def x0_from_v(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor | float) -> 
 
 
 def kl_gaussian_same_std(mean_theta: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor, exact: bool = False,
-                         dt: torch.Tensor | None = None) -> torch.Tensor:
+                         dt: torch.Tensor | None = None, sde_type: str = "sde") -> torch.Tensor:
     """Closed-form KL between two same-variance Gaussian steps, per sample (B,), mean over dims.
 
-    Code form (Flow-GRPO SD3 trainer, default): mean_d (mu_theta - mu_ref)^2 / (2 std_t^2), where
-    std_t excludes sqrt(|dt|) -- i.e. |dt| times the exact per-dimension KL.
+    Code form (Flow-GRPO SD3 trainer, default): mean_d (mu_theta - mu_ref)^2 / (2 s^2), where s is the std
+    Flow-GRPO's step function returns: for 'sde' std_t, which excludes sqrt(|dt|) -- i.e. |dt| times the exact
+    per-dimension KL; for 'cps' the step's total std, so the code form is the exact form (no |dt| factor).
     Exact form (``exact=True``): mean_d (mu_theta - mu_ref)^2 / (2 std_t^2 |dt|).
-    Here ``std`` is the step's total std (std_t sqrt(|dt|)); ``dt`` (broadcastable) recovers std_t.
+    Here ``std`` is the step's total std (std_t sqrt(|dt|) for 'sde'); ``dt`` (broadcastable) recovers std_t.
     """
     sq = ((mean_theta.float() - mean_ref.float()) ** 2).mean(dim=tuple(range(1, mean_theta.ndim)))
     var_total = std.float().reshape(-1) ** 2
-    if exact:
+    if exact or sde_type == "cps":
         return sq / (2 * var_total)
     if dt is None:
         raise ValueError("kl_gaussian_same_std: dt is needed for the code form (exact=False)")

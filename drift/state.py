@@ -37,18 +37,21 @@ class KEYS:
 
 
 class EMA:
-    """EMA of the trainable weights (Flow-GRPO: decay min((1 + s) / (10 + s), decay), every k steps)."""
+    """EMA of the trainable weights (Flow-GRPO: decay min((1 + s) / (10 + s), decay), every k steps), where the
+    step count s is of ``unit`` (train.ema_unit): 'opt_step' (optimiser steps) or 'iteration'."""
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, every: int):
-        self.params, self.decay, self.every = params, decay, every
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float, every: int, unit: str = "opt_step"):
+        self.params, self.decay, self.every, self.unit = params, decay, every, unit
         self.shadow = {k: p.detach().clone() for k, p in params.items()}
         self.updates = 0
 
     @torch.no_grad()
-    def step(self, opt_step: int) -> None:
-        if opt_step % self.every:
+    def step(self, count: int, unit: str = "opt_step") -> None:
+        """Called after every optimiser step (count = optimiser steps so far, unit 'opt_step') and after every
+        iteration (count = iterations so far, unit 'iteration'); updates on this EMA's unit every k counts."""
+        if unit != self.unit or count % self.every:
             return
-        d = min(self.decay, (1 + opt_step) / (10 + opt_step))
+        d = min(self.decay, (1 + count) / (10 + count))
         for k, p in self.params.items():
             self.shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
         self.updates += 1
@@ -94,7 +97,7 @@ class TrainState:
     def fresh(cls, params: dict[str, torch.nn.Parameter], tc, seed: int) -> "TrainState":
         """A new run's state: AdamW and the EMA from ``tc`` (TrainConfig), streams seeded from ``seed``."""
         opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
-        ema = EMA(params, tc.ema_decay, tc.ema_every) if tc.ema else None
+        ema = EMA(params, tc.ema_decay, tc.ema_every, tc.ema_unit) if tc.ema else None
         return cls(params, opt, ema, random.Random(seed), torch.Generator().manual_seed(seed * 1000 + 1),
                    torch.Generator().manual_seed(seed * 1000 + 2))
 

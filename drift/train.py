@@ -30,6 +30,7 @@ from .config import RunConfig, diff_configs
 from .errors import ConfigError
 from .diversity import mean_pairwise_distance
 from .evaluate import eval_noise, evaluate
+from .export import EXPORT_JSON, export_run
 from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .ppo import ppo_update
 from .rundir import NON_SCIENCE_KEYS, RunDir
@@ -193,7 +194,8 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
         state = TrainState.from_checkpoint(params, tc, cfg.seed, *ckpt)
         changes = changes + _code_changes(ckpt[2].get("code"), run_dir, allow_changes)  # the code the run used
         print(f"[drift] resumed from checkpoint at iteration {state.iteration} in {run_dir}", flush=True)
-    tracker = _open_tracker(cfg, run_dir, changes, resumed=ckpt is not None, start=state.iteration, extra_tags=tags)
+    tracker = _open_tracker(cfg, run_dir, changes, resumed=ckpt is not None, start=state.iteration,
+                            extra_tags={"features_variant": getattr(world.features, "variant", cfg.model.features), **(tags or {})})
     if state.pending_row is not None and tracker.last_step() < state.iteration:  # crashed between checkpoint and log
         tracker.log(state.iteration, state.pending_row)
     try:
@@ -221,7 +223,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, state.g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features,
                                            draw_eps=dist.sliced_randn(state.g_sample, rows, bp.images),
-                                           step_cond=hooks.step_cond)
+                                           step_cond=hooks.step_cond, micro_batch=S.micro_batch)
             m["sys/sample_seconds"] = sw.lap()
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method), features
@@ -277,7 +279,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
             tracker.log(step, m)
             bar.set_postfix(reward=f"{m['reward/mean']:.3f}", div=f"{m['diversity/train_pairwise']:.3f}")
             heartbeat.beat(step, m)
-        return dist.on_main(lambda: _finish(run_dir, tracker, tc.iterations), share=True)
+        return dist.on_main(lambda: _finish(run_dir, tracker, tc.iterations, cfg.model.finetune), share=True)
     except BaseException as e:  # leave no MLflow run RUNNING; the last checkpoint is kept
         tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         tracker.set_tag("termination_reason", f"{type(e).__name__}: {e}"[:500])
@@ -319,11 +321,15 @@ class EvalSet:
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
         t, S = time.time(), self.cfg.sample
         with ema.swapped_in() if ema else nullcontext():
-            m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift)
+            m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
+                               micro_batch=S.micro_batch)
         grid = RunDir(run_dir).eval_grid(step)
         os.makedirs(os.path.dirname(grid), exist_ok=True)
-        dist.on_main(lambda: save_grid(imgs[: self.cfg.eval.grid_prompts], grid))
-        tracker.log_artifact(grid)  # every eval grid, when it is made
+        n, c = self.cfg.eval.grid_prompts, self.cfg
+        rows = [world.prompt_text(p) for p in self.prompts[:n]]
+        title = f"iteration {step}{' (EMA)' if ema else ''}: {c.method}, seed {c.seed}"
+        dist.on_main(lambda: save_grid(imgs[:n], grid, rows, title))
+        tracker.log_artifact(grid, "samples")  # every evaluation's grid, when it is made (a no-op off rank 0)
         m["sys/eval_seconds"] = time.time() - t
         return m
 
@@ -357,8 +363,9 @@ def _finished(run_dir: str) -> dict | None:
     return None
 
 
-def _finish(run_dir: str, tracker, iterations: int) -> dict:
-    """Write final_eval.json, log the artifacts, close the MLflow run and write DONE (rank 0)."""
+def _finish(run_dir: str, tracker, iterations: int, finetune: str) -> dict:
+    """Write final_eval.json, log the artifacts, export a LoRA policy (drift/export.py), close the MLflow run
+    and write DONE (rank 0)."""
     rd = RunDir(run_dir)
     done_path, final_path = rd.done, rd.final_eval
     final = _last_eval(run_dir)
@@ -368,6 +375,11 @@ def _finish(run_dir: str, tracker, iterations: int) -> dict:
     for pth in (final_path, rd.config):  # the eval grids went with each evaluation
         if os.path.exists(pth):
             tracker.log_artifact(pth)
+    if finetune == "lora":  # the policy as standard LoRA / model folders
+        try:
+            tracker.log_artifact(os.path.join(export_run(run_dir), EXPORT_JSON))
+        except Exception as e:  # the run itself is complete; `python -m drift.export RUN_DIR` can retry
+            warnings.warn(f"{run_dir}: could not write the export folder ({type(e).__name__}: {e})")
     tracker.finish("FINISHED")
     with open(done_path, "w") as f:
         f.write(json.dumps({"iterations": iterations, "mlflow_run_id": tracker.run_id}))

@@ -256,7 +256,7 @@ def _check_sweep_in_mlflow(server, out: str, experiment: str, n: int) -> None:
     """n FINISHED runs, each with every metrics.jsonl step, and no credential in a param or tag."""
     from mlflow.tracking import MlflowClient
 
-    from drift.tracking import read_metrics
+    from drift.rundir import read_metrics
 
     client = MlflowClient(server.uri)
     exp = client.get_experiment_by_name(experiment)

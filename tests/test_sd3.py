@@ -107,6 +107,9 @@ def test_every_method_two_iterations_with_mlflow(models, mlflow_uri, tmp_path, m
     (run,) = client.search_runs([client.get_experiment_by_name(f"sd3_{method}").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.world"] == "sd3" and run.data.params["sd3.resolution"] == "64"
+    assert run.data.tags["features_variant"] == cfg.model.features  # F8: what measured the diversity
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {"samples/eval_000000.png", "samples/eval_000001.png", "samples/eval_000002.png"} <= arts  # every eval
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "reward/mean")) == [1, 2]
 
 
@@ -432,3 +435,105 @@ def test_sd3_world_fulfils_the_contract(models, tmp_path):
     from test_world_contract import check_world_contract
 
     check_world_contract(world_of(models, tmp_path), "sd3")
+
+
+# ------------------------------------------------------------------------------------------------
+# Fidelity to Flow-GRPO's SD3 trainer (the shapes-world halves and the reference transcriptions: test_fidelity.py)
+# ------------------------------------------------------------------------------------------------
+def test_f1_detached_uncond_gradient_on_the_sd3_world(models, tmp_path):
+    from test_fidelity import check_cfg_gradients
+
+    w = world_of(models, tmp_path)
+    with torch.no_grad():
+        for k, p in w.trainable_parameters().items():
+            if "lora_B" in k:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    check_cfg_gradients(w, ["a red cat", "a blue dog"])
+
+
+def test_f2_lora_targets_are_checked_against_the_sd3_transformer(models, tmp_path):
+    from drift.worlds import check_available
+
+    cfg = make_config(items(models, tmp_path, "model.lora_targets=attn.to_q,to_zz"))
+    with pytest.raises(ConfigError, match=r"model.lora_targets=.*\['to_zz'\] match no module.*'attn2.to_q'"):
+        check_available(cfg)  # from transformer/config.json, before the pipeline is loaded
+    w = world_of(models, tmp_path)
+    adapted = {n.split(".lora_A")[0] for n in w.trainable_parameters() if ".lora_A" in n}
+    assert adapted and not any(".attn2." in n for n in adapted)  # tiny has dual attention in block 0
+    assert "transformer_blocks.0.attn.to_q" in adapted
+
+
+def test_f5_shift_comes_from_the_scheduler_and_shapes_defaults_are_named(models, tmp_path):
+    from drift.sde import sigma_schedule
+    from drift.worlds import check_available
+
+    w = world_of(models, tmp_path, "sample.shift=0")
+    assert w.default_shift == 3.0  # the tiny pipeline's scheduler config, as SD3.5-M's
+    assert torch.equal(w.sigma_schedule(10, 0), sigma_schedule(10, 3.0, "diffusers"))
+    assert make_config(["model.world=sd3"]).sample.shift == 0  # the engine default: the model's own
+    with pytest.warns(UserWarning, match=r"train.lr=0.001 \(Flow-GRPO SD3.5-M: 0.0003\).*train.clip_range=0.01"):
+        check_available(make_config(items(models, tmp_path)))
+
+
+def test_f7_sampling_micro_batch_is_bitwise_on_the_sd3_world(models, tmp_path):
+    from test_fidelity import check_micro_batch_is_bitwise
+
+    check_micro_batch_is_bitwise(world_of(models, tmp_path), ["a red cat", "a blue dog", "a cow", "a car"], (2,))
+
+
+# ------------------------------------------------------------------------------------------------
+# Export: a diffusers LoRA that the standard pipeline loads, in a fresh process
+# ------------------------------------------------------------------------------------------------
+FRESH_PIPELINE = r"""
+import json, sys
+import torch
+from diffusers import StableDiffusion3Pipeline
+from drift.evaluate import EVAL_NOISE_SEED
+base, lora, out, prompts, seeds, steps, cfg, seq = sys.argv[1:9]
+prompts, seeds, steps, cfg, seq = json.loads(prompts), int(seeds), int(steps), float(cfg), int(seq)
+pipe = StableDiffusion3Pipeline.from_pretrained(base, torch_dtype=torch.float32)
+pipe.load_lora_weights(lora)
+g = torch.Generator().manual_seed(EVAL_NOISE_SEED)  # the suite's fixed evaluation noise (drift.evaluate.eval_noise)
+noise = torch.randn(len(prompts), seeds, 16, 8, 8, generator=g).flatten(0, 1)
+texts = [p for p in prompts for _ in range(seeds)]
+img = pipe(prompt=texts, latents=noise, num_inference_steps=steps, guidance_scale=cfg, height=64, width=64,
+           max_sequence_length=seq, output_type="pt").images
+torch.save(img.cpu().float(), out)
+"""
+
+
+def test_export_loads_with_load_lora_weights_and_reproduces_the_final_eval(models, tmp_path):
+    import subprocess
+
+    from drift.train import train
+    from drift.viz import read_grid_tile
+
+    cfg = make_config(items(models, tmp_path, "eval.num_steps=4", "train.lr=0.05",
+                            "model.lora_targets=attn.to_q,attn.to_k,attn.add_q_proj"))
+    train(cfg, progress=False)
+    run_dir = cfg.run_dir()
+    export = os.path.join(run_dir, "export")
+    with open(os.path.join(export, "drift_export.json")) as f:
+        info = json.load(f)
+    assert info["step"] == 2 and info["weights"] == "ema" and info["world"] == "sd3"
+    from drift.prompts import load_prompt_splits
+
+    prompts = load_prompt_splits(cfg.sd3.prompts, cfg.sd3.eval_prompts, cfg.sd3.eval_fraction)[1][: cfg.eval.num_prompts]
+    out = str(tmp_path / "img.pt")
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", FRESH_PIPELINE, models["sd3"], os.path.join(export, "lora"), out, json.dumps(prompts),
+                    str(cfg.eval.seeds), str(cfg.eval.num_steps), str(cfg.sample.cfg), str(cfg.sd3.max_sequence_length)],
+                   check=True, env=env, cwd=str(tmp_path))
+    img = torch.load(out).view(len(prompts), cfg.eval.seeds, 3, 64, 64)
+    grid = os.path.join(run_dir, "samples", "eval_000002.png")
+    for i in range(cfg.eval.grid_prompts):
+        for j in range(cfg.eval.seeds):
+            tile = read_grid_tile(grid, i, j, 64, 64)
+            assert (tile - (img[i, j] * 255).round() / 255).abs().max() <= 1.5 / 255, (i, j)
+    # the base pipeline's images differ: the exported LoRA is what reproduces them
+    r = subprocess.run([sys.executable, "-c", FRESH_PIPELINE.replace("pipe.load_lora_weights(lora)", ""), models["sd3"], "x",
+                        out, json.dumps(prompts), str(cfg.eval.seeds), str(cfg.eval.num_steps), str(cfg.sample.cfg),
+                        str(cfg.sd3.max_sequence_length)], env=env, cwd=str(tmp_path))
+    assert r.returncode == 0
+    base = torch.load(out).view(len(prompts), cfg.eval.seeds, 3, 64, 64)
+    assert (base - img).abs().max() > 1e-3

@@ -283,7 +283,10 @@ def test_tiny_dreamsim_is_small_on_disk_and_full_size_in_memory(tiny):
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert sum(t.numel() for t in sd.values()) > 85_000_000  # ViT-B/32 + proj, as the real checkpoint
     assert feat.find_dreamsim_type(tiny["dreamsim"]) == "open_clip_vitb32"
-    model = feat.load_features("dreamsim", tiny["dreamsim"]).backbone
+    with pytest.warns(UserWarning, match=r"ensemble files are not in .*single-branch dreamsim_type 'open_clip_vitb32'"):
+        net = feat.load_features("dreamsim", tiny["dreamsim"])
+    assert net.variant == "dreamsim/open_clip_vitb32"  # what a run records as its features_variant tag
+    model = net.backbone
     assert sum(p.numel() for p in model.parameters()) > 85_000_000
 
 

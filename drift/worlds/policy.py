@@ -24,6 +24,7 @@ class TransformerPolicy:
         if m.finetune == "lora":
             from peft import LoraConfig
 
+            check_lora_targets(m.lora_targets, adaptable_names(transformer))  # a typo names the valid modules
             transformer.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
                                                target_modules=list(m.lora_targets)))
         else:
@@ -52,3 +53,38 @@ class TransformerPolicy:
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.transformer.named_parameters() if p.requires_grad}
+
+
+def lora_matches(name: str, target: str) -> bool:
+    """peft's rule for a string target: the module's full name equals ``target`` or ends with '.' + target."""
+    return name == target or name.endswith("." + target)
+
+
+def adaptable_names(model: torch.nn.Module) -> list[str]:
+    """Names of the modules LoRA can adapt (nn.Linear, nn.Conv2d), in model order."""
+    return [n for n, mod in model.named_modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def check_lora_targets(targets, names: list[str], field: str = "model.lora_targets") -> list[str]:
+    """The module names adapted by ``targets`` (peft's matching rule); ConfigError naming the field, the targets
+    that match no module and the valid names (the adaptable modules' names without their block index) if any
+    target matches nothing."""
+    from ..config import ConfigError
+
+    unmatched = [t for t in targets if not any(lora_matches(n, t) for n in names)]
+    if unmatched:
+        valid = sorted({n.split(".", 2)[2] if n.split(".")[0].endswith("blocks") and n.count(".") >= 2 else n for n in names})
+        raise ConfigError(f"{field}={tuple(targets)!r}: {unmatched} match no module of this model; peft matches a "
+                          f"module whose name ends with '.' + target; valid names: {valid}")
+    return [n for n in names if any(lora_matches(n, t) for t in targets)]
+
+
+def transformer_module_names(config: dict) -> list[str]:
+    """Adaptable module names of an SD3Transformer2DModel built from ``config`` on the meta device (no memory,
+    no weights): what ``check_lora_targets`` checks before anything is loaded."""
+    from diffusers import SD3Transformer2DModel
+
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = SD3Transformer2DModel.from_config(cfg)
+    return adaptable_names(model)

@@ -38,6 +38,12 @@ SD3: dict = {
     "train.global_std": True,
     "train.steps_per_update": 9,
     "train.micro_batch": 8,
+    # the training forward detaches the unconditional CFG branch (Flow-GRPO at ac4c86e); the EMA every 2
+    # iterations (the lag of Flow-GRPO's 32-GPU configs, docs/methods.md); sampling in calls of 32 trajectories
+    "train.cfg_grad": "cond_only",
+    "train.ema_unit": "iteration",
+    "train.ema_every": 2,
+    "sample.micro_batch": 32,
     # evaluation: 40 ODE steps, 24 held-out prompts x 8 fixed seeds (diversity is measured within a prompt)
     "eval.num_steps": 40,
     "eval.num_prompts": 24,

@@ -37,7 +37,7 @@ import torch
 
 from ...errors import ConfigError
 from ..types import Cond
-from ..policy import TransformerPolicy
+from ..policy import TransformerPolicy, check_lora_targets, transformer_module_names
 from ...sde import sigma_schedule
 from ...prompts import load_prompt_splits
 
@@ -117,6 +117,39 @@ def load_pipeline(path: str, dtype: torch.dtype, vae_dtype: torch.dtype):
     return pipe
 
 
+def pipeline_file(path: str, rel: str) -> str | None:
+    """A small file of the pipeline (e.g. 'transformer/config.json') without downloading: from a local folder or
+    the Hugging Face cache; None if it is not at hand."""
+    if _looks_local(path):
+        p = os.path.join(path, rel)
+        return p if os.path.isfile(p) else None
+    from huggingface_hub import try_to_load_from_cache
+
+    p = try_to_load_from_cache(path, rel)
+    return p if isinstance(p, str) else None
+
+
+SHAPES_DEFAULTS_OFF_RECIPE = {"model.lora_rank": 32, "model.lora_alpha": 64.0, "sample.cfg": 4.5, "train.lr": 3e-4,
+                              "train.clip_range": 1e-4, "eval.num_steps": 40}
+"""Engine defaults (sized for the shapes world) and Flow-GRPO's SD3.5-M values: an sd3 run that leaves one of these
+fields at the engine default is warned (experiments/grids/presets.py SD3 holds the whole recipe)."""
+
+
+def off_recipe_fields(cfg: RunConfig) -> list[str]:
+    """The fields of SHAPES_DEFAULTS_OFF_RECIPE left at the engine's (shapes-sized) default: 'field=value (Flow-GRPO
+    SD3.5-M: x)' each."""
+    from ...config import make_config
+
+    engine = make_config(["model.world=sd3"])
+    out = []
+    for key, recipe in SHAPES_DEFAULTS_OFF_RECIPE.items():
+        sec, name = key.split(".")
+        have, default = getattr(getattr(cfg, sec), name), getattr(getattr(engine, sec), name)
+        if have == default and have != recipe:
+            out.append(f"{key}={have!r} (Flow-GRPO SD3.5-M: {recipe!r})")
+    return out
+
+
 def vae_scale_factor(vae) -> int:
     """Pixels per latent cell: 2 ** (number of VAE blocks - 1) (8 for SD3's VAE)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -144,6 +177,16 @@ class SD3World(TransformerPolicy):
         if (s.w_aesthetic or "aesthetic" in s.eval_rewards) and not s.aesthetic_path:
             raise ConfigError("sd3.aesthetic_path='': the aesthetic predictor's MLP has no default location; download "
                               "sac+logos+ava1-l14-linearMSE.pth (docs/rewards.md) and set sd3.aesthetic_path to its folder")
+        tconf = pipeline_file(cfg.model.path, "transformer/config.json")
+        if cfg.model.finetune == "lora" and tconf:  # else checked on the loaded model, before the adapter is added
+            import json
+
+            with open(tconf) as f:
+                check_lora_targets(cfg.model.lora_targets, transformer_module_names(json.load(f)))
+        off = off_recipe_fields(cfg)
+        if off:
+            warnings.warn("model.world=sd3 with engine defaults sized for the shapes world: " + "; ".join(off)
+                          + ". Flow-GRPO's recipe: `python experiments/grids/presets.py sd3` (docs/sd3.md)")
 
     def __init__(self, cfg: RunConfig):
         m, s = cfg.model, cfg.sd3
@@ -159,6 +202,7 @@ class SD3World(TransformerPolicy):
         pipe.to(self.device)
         self.pipe, self.vae = pipe, pipe.vae
         transformer = pipe.transformer
+        self.default_shift = float(pipe.scheduler.config.get("shift", 1.0))  # sample.shift=0 means this
 
         f, patch = vae_scale_factor(self.vae), transformer.config.patch_size
         side = s.resolution // f
@@ -248,8 +292,9 @@ class SD3World(TransformerPolicy):
 
     @torch.no_grad()
     def sigma_schedule(self, num_steps: int, shift: float) -> torch.Tensor:
-        """sd3.schedule: 'diffusers' (the pipeline scheduler's sigmas, as Flow-GRPO samples) or 'linear'."""
-        return sigma_schedule(num_steps, shift, self.cfg.schedule)
+        """sd3.schedule: 'diffusers' (the pipeline scheduler's sigmas, as Flow-GRPO samples) or 'linear'; shift 0 =
+        the pipeline scheduler's configured shift (3.0 for SD3.5-M)."""
+        return sigma_schedule(num_steps, shift or self.default_shift, self.cfg.schedule)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (B, C, h, w) -> images (B, 3, 8h, 8w) in [0, 1], float32 on the CPU (VAE in sd3.vae_dtype)."""

@@ -67,6 +67,7 @@ class FeatureNet:
                  image_size: int, backbone: object, autocast_dtype: torch.dtype | None = None):
         self.name, self.fn, self.device, self.backbone = name, fn, torch.device(device), backbone
         self.batch_size, self.image_size, self.autocast_dtype = int(batch_size), int(image_size), autocast_dtype
+        self.variant = name  # what measured the diversity (DreamSim: 'dreamsim/<dreamsim_type>'), recorded by runs
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -164,11 +165,17 @@ def load_features(name: str, path: str | None, device="cpu", dtype=torch.float32
             return model(pixel_values=px).pooler_output
 
         return FeatureNet("dino", dino_fn, device, batch_size, size, model)
-    model, _kind = _load_dreamsim(path, device, dtype)
+    model, kind = _load_dreamsim(path, device, dtype)
+    if kind != "ensemble":
+        warnings.warn(f"feature net 'dreamsim': the ensemble files are not in {path or DREAMSIM_DEFAULT_DIR!r}; using the "
+                      f"single-branch dreamsim_type {kind!r}, whose distances are on a different scale (recorded in the "
+                      "run's MLflow tag features_variant)")
     size = int(image_size or 224)
     autocast = dtype if (dtype != torch.float32 and device.type == "cuda") else None  # weights stay fp32
-    return FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, model,
-                      autocast)
+    net = FeatureNet("dreamsim", lambda x: model.embed(resize_center(x, size)), device, batch_size, size, model,
+                     autocast)
+    net.variant = f"dreamsim/{kind}"
+    return net
 
 
 __all__ = ["FEATURES", "DEFAULT_PATHS", "DREAMSIM_FILES", "FeatureNet", "load_features", "find_dreamsim_type",

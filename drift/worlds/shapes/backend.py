@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..types import Cond
-from ..policy import TransformerPolicy
+from ..policy import TransformerPolicy, check_lora_targets, transformer_module_names
 from ...sde import sigma_schedule
 from . import world
 from .features import load_features
@@ -37,6 +37,16 @@ class ShapesWorld(TransformerPolicy):
 
     name = "shapes"
     device = torch.device("cpu")
+
+    @staticmethod
+    def preflight(cfg) -> None:
+        """model.lora_targets checked against the base transformer's modules (built on the meta device)."""
+        import json
+        import os
+
+        if cfg.model.finetune == "lora":
+            with open(os.path.join(cfg.model.path, "transformer", "config.json")) as f:
+                check_lora_targets(cfg.model.lora_targets, transformer_module_names(json.load(f)))
 
     def __init__(self, cfg):
         m = cfg.model
@@ -91,10 +101,13 @@ class ShapesWorld(TransformerPolicy):
         net = self.policy_net()
         return net(x, cond.hidden, cond.pooled, t, return_dict=False)[0]
 
-    @staticmethod
-    def sigma_schedule(num_steps: int, shift: float) -> torch.Tensor:
-        """The linear schedule (drift/sde.py), as the base model was trained and sampled with."""
-        return sigma_schedule(num_steps, shift, "linear")
+    default_shift = 1.0
+    """sample.shift=0 means this: the base model was trained and sampled unshifted."""
+
+    @classmethod
+    def sigma_schedule(cls, num_steps: int, shift: float) -> torch.Tensor:
+        """The linear schedule (drift/sde.py), as the base model was trained and sampled with; shift 0 = 1.0."""
+        return sigma_schedule(num_steps, shift or cls.default_shift, "linear")
 
     @staticmethod
     def decode(x: torch.Tensor) -> torch.Tensor:
