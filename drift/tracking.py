@@ -40,6 +40,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+ATTEMPT_PARAMS = ("out", "tracking_uri", "threads")
+"""Params that may differ between attempts of one run (as the run directory's config check)."""
+
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
              "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED"}
 """MLflow error codes that a retry cannot fix (e.g. "Changing param values is not allowed")."""
@@ -116,9 +119,11 @@ class Tracker:
 
     The MLflow run id and the last step pushed to MLflow live in ``<run_dir>/mlflow_run.json``,
     rewritten atomically before and after every push, so a restart never pushes a (key, step) twice
-    whatever the checkpoint timing or the crash point. A fresh start (no checkpoint) over a run dir
-    that had an MLflow run deletes that run and opens a new one; a resume reopens it (and drops a
-    stale ``termination_reason`` tag left by the interrupted attempt).
+    whatever the checkpoint timing or the crash point. Every restart reopens the run dir's MLflow run
+    (and drops a stale ``termination_reason`` tag left by the interrupted attempt), also a fresh start
+    (an attempt killed before its first checkpoint): its steps up to ``last_pushed_step`` are already
+    in MLflow and are not pushed again. Only a fresh start whose params differ from the run's (a
+    config change allowed before any checkpoint) closes and deletes the old run and opens a new one.
     """
 
     def __init__(self, run_dir: str, uri: str, experiment: str, run_name: str, params: dict, artifact_root: str,
@@ -145,7 +150,10 @@ class Tracker:
 
         self.client = MlflowClient(tracking_uri=uri)
         exp_id = _retry(lambda: init_mlflow_experiment(uri, experiment, artifact_root), "experiment init")
-        if resume_step is not None and prev.get("run_id") and prev.get("uri") == uri:
+        reopen = bool(prev.get("run_id")) and prev.get("uri") == uri
+        if reopen and resume_step is None:  # a restart before the first checkpoint: same run, if it fits
+            reopen = self._fresh_start_may_reopen(prev["run_id"], params)
+        if reopen:  # one MLflow run per run directory, reopened on every restart
             self.run_id, self.last_pushed_step = prev["run_id"], prev.get("last_pushed_step", -1)
             cut = prev.get("inflight")
             if cut and cut["step"] > self.last_pushed_step:  # a push was cut off: what did MLflow get?
@@ -159,21 +167,46 @@ class Tracker:
                 _retry(lambda: self.client.delete_tag(self.run_id, "termination_reason"), "delete_tag")
             for k, v in (tags or {}).items():
                 _retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v), "set_tag")
+            if resume_step is None:  # the earlier attempt may have died before logging them all
+                self._log_params({k: v for k, v in flatten(params).items() if k not in run.data.params})
             return
-        if prev.get("run_id") and prev.get("uri") == uri:
-            try:  # an earlier attempt that never checkpointed: its MLflow rows would duplicate ours
-                self.client.delete_run(prev["run_id"])
-            except Exception as e:  # already deleted, or a different store
-                warnings.warn(f"could not delete stale MLflow run {prev['run_id']}: {e}")
         run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags or {}), "create_run")
         self.run_id = run.info.run_id
         self._save_state()
+        self._log_params(params)
+
+    def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = sorted(flatten(params).items())
         for i in range(0, len(items), 100):
             chunk = [Param(k, v[:6000]) for k, v in items[i : i + 100]]
             _retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
+
+    def _fresh_start_may_reopen(self, run_id: str, params: dict) -> bool:
+        """A restart with no checkpoint over a run dir whose earlier attempt opened ``run_id``: reopen
+        that run (its rows up to ``last_pushed_step`` are the ones this attempt recomputes) unless it is
+        gone or was logged with other params (a fresh start allowed to change the config); such a run
+        is closed (KILLED, with a termination_reason) and deleted, so none is left RUNNING."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001 -- deleted for good, or another store
+            warnings.warn(f"MLflow run {run_id} of an earlier attempt is not readable ({e}); opening a new one")
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        ours = {k: v[:6000] for k, v in flatten(params).items() if k not in ATTEMPT_PARAMS}
+        changed = sorted(k for k, v in run.data.params.items() if k in ours and ours[k] != v)
+        if not changed:
+            return True
+        warnings.warn(f"MLflow run {run_id} of an earlier attempt has other params ({', '.join(changed[:5])}); "
+                      "closing it and opening a new run")
+        _retry(lambda: self.client.set_tag(run_id, "termination_reason",
+                                           f"superseded by a fresh start with changed params: {', '.join(changed[:20])}"),
+               "set_tag")
+        _retry(lambda: self.client.set_terminated(run_id, status="KILLED"), "set_terminated")
+        _retry(lambda: self.client.delete_run(run_id), "delete_run")
+        return False
 
     def _save_state(self) -> None:
         tmp = self.state_path + ".tmp"
