@@ -11,10 +11,13 @@ are excluded, each with a warning naming it; non-finite points are dropped, each
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
+import io as _io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,9 +182,12 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
         seen_paths.add(rd)
         name = os.path.relpath(rd, root) if root else rd
         try:
-            with open(os.path.join(rd, "config.json")) as f:
+            with open(os.path.join(rd, "config.json"), encoding="utf-8") as f:
                 cfg = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            last = cfg["train"]["iterations"]
+            if type(last) is not int or not isinstance(cfg.get("method"), str) or type(cfg.get("seed")) is not int:
+                raise ValueError("no integer train.iterations and seed, or no method name")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
             warnings.append(f"excluded run {name}: unreadable config.json ({type(e).__name__}: {e})")
             continue
         if not os.path.exists(os.path.join(rd, "DONE")):
@@ -195,14 +201,13 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
         except (OSError, ValueError) as e:
             warnings.append(f"excluded run {name}: unreadable metrics.jsonl ({type(e).__name__}: {e})")
             continue
-        last = int(cfg.get("train", {}).get("iterations", -1))
         seen_keys.update(k for r in mrows for k in r)
         ev = [r for r in mrows if akey in r or dkey in r]
         if not any(r["step"] == last and akey in r and dkey in r for r in ev):
             warnings.append(f"excluded run {name}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
                             f"{last} = train.iterations are not both in metrics.jsonl)")
             continue
-        method, seed = str(cfg.get("method")), int(cfg.get("seed", -1))
+        method, seed = cfg["method"], cfg["seed"]
         chash = science_hash(cfg)
         flat = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NOT_SCIENCE}
         runs.append({"run": name, "method": method, "seed": seed, "config": chash, "run_dir": rd,
@@ -232,6 +237,8 @@ def _read_metrics(run_dir: str) -> list[dict]:
                     r = json.loads(ln)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"line {i + 1}: {e}") from None
+                if not isinstance(r, dict) or type(r.get("step")) is not int:
+                    raise ValueError(f"line {i + 1}: not a metrics row (an object with an integer 'step')")
                 rows.append({k: (_f(v) if isinstance(v, str) else v) for k, v in r.items()})
     return rows
 
@@ -353,7 +360,7 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
     other runs of the same method and config (they lack their final evaluation); repeated (run, step) rows
     are dropped after the first.
     """
-    df = pd.read_csv(path)
+    df, lines = _read_csv_table(path)
     missing = [c for c in CSV_REQUIRED if c not in df.columns]
     acol, dcol = _column(df, akey), _column(df, dkey)
     if acol is None:
@@ -363,9 +370,31 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
     if missing:
         raise AnalysisInputError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
     warnings: list[str] = []
+    for col, short in ((acol, "alignment"), (dcol, "diversity")):
+        if col != short and short in df.columns:  # the rename below would make two columns of one name
+            raise AnalysisInputError(f"{path}: columns {col!r} and {short!r} both present; which one is the "
+                                     f"{short} axis is ambiguous (drop one, or rename it)")
     df = df.rename(columns={acol: "alignment", dcol: "diversity"})
-    df["alignment"] = pd.to_numeric(df["alignment"], errors="coerce")
-    df["diversity"] = pd.to_numeric(df["diversity"], errors="coerce")
+    bad = lambda col, rule: next(((lines[i], df[col].iloc[i]) for i in range(len(df))  # noqa: E731
+                                  if not rule(df[col].iloc[i].strip())), None)
+    for col, name, rule, what in (("method", "method", bool, "a non-empty method name"),
+                                  ("seed", "seed", _INT_CELL.fullmatch, "an integer"),
+                                  ("step", "step", _INT_CELL.fullmatch, "an integer"),
+                                  ("alignment", acol, _METRIC_CELL, "a number (empty or nan: no value)"),
+                                  ("diversity", dcol, _METRIC_CELL, "a number (empty or nan: no value)")):
+        hit = bad(col, rule)
+        if hit:
+            raise AnalysisInputError(f"{path}, line {hit[0]}, column {name!r}: {hit[1]!r} must be {what}")
+    df["method"] = df["method"].str.strip()
+    for col in ("seed", "step"):
+        df[col] = df[col].astype(int)
+    for col in ("alignment", "diversity"):
+        df[col] = [float(v) if v.strip() else float("nan") for v in df[col]]
+    for col in df.columns:  # the optional columns: numbers where every cell is one, else text
+        if col not in ("method", "seed", "step", "alignment", "diversity"):
+            num = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+            if num.notna().sum() == (df[col] != "").sum():
+                df[col] = num
     df["config"] = df["config"].astype(str) if "config" in df.columns else "-"
     if "run" not in df.columns:
         df["run"] = df["method"].astype(str) + "/" + df["config"] + "/seed" + df["seed"].astype(str)
@@ -412,6 +441,47 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
     kept = {r["run"] for r in runs}
     rows = [r for r in rows if r["run"] in kept]
     return _finish(rows, runs, f"CSV {path}", warnings, akey, dkey)
+
+
+_INT_CELL = re.compile(r"[+-]?[0-9]+")
+_FLOAT_CELL = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+
+
+def _METRIC_CELL(v: str) -> bool:
+    return v == "" or bool(_FLOAT_CELL.fullmatch(v))
+
+
+def _read_csv_table(path: str) -> tuple[pd.DataFrame, list[int]]:
+    """(every cell as text, the file line of each row). AnalysisInputError naming the file (and line) for
+    an unreadable or non-UTF-8 file, no header, a repeated column name or a row with the wrong number of
+    fields (pandas would shift such a row into an index, or rename a repeated column, without a word)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnalysisInputError(f"{path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})") from None
+    reader = csv.reader(_io.StringIO(text))
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise AnalysisInputError(f"{path}: empty file (no header line with the column names)")
+        header = [h.strip() for h in header]
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise AnalysisInputError(f"{path}, line 1: column(s) {dup} appear more than once")
+        rows, lines = [], []
+        for r in reader:
+            if not any(c.strip() for c in r):
+                continue  # a blank line
+            if len(r) != len(header):
+                raise AnalysisInputError(f"{path}, line {reader.line_num}: {len(r)} fields, the header has "
+                                         f"{len(header)} ({header})")
+            rows.append(r)
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise AnalysisInputError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+    return pd.DataFrame(rows, columns=header, dtype=object).astype(str) if rows else \
+        pd.DataFrame({h: pd.Series(dtype=str) for h in header}), lines
 
 
 # ------------------------------------------------------------------------------------------------

@@ -116,8 +116,9 @@ def is_done(run_dir: str) -> bool:
 
 def committed_step(run_dir: str) -> int | None:
     """Newest checkpoint step that has a manifest (committed), without loading it."""
-    steps = [int(os.path.basename(os.path.dirname(m))[5:])
+    names = [os.path.basename(os.path.dirname(m))[5:]
              for m in glob.glob(os.path.join(run_dir, "checkpoints", "step_*", "manifest.json"))]
+    steps = [int(n) for n in names if n.isascii() and n.isdigit()]  # a stray step_x folder is no checkpoint
     return max(steps) if steps else None
 
 

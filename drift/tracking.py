@@ -26,6 +26,14 @@ import random
 import time
 import warnings
 
+class MetricsFileError(ValueError):
+    """A metrics.jsonl is damaged beyond a torn last line; the message names the file and line."""
+
+
+class TrackingStateError(ValueError):
+    """A run directory's mlflow_run.json is unreadable; the message names the file."""
+
+
 RETRIES = {"count": 0}
 """Retries of MLflow calls in this process (a transient failure that a later try got through)."""
 
@@ -135,10 +143,7 @@ class Tracker:
             self._truncate(resume_step)
         elif os.path.exists(self.path):
             os.remove(self.path)  # a fresh start: no rows from an earlier, uncheckpointed attempt
-        prev = {}
-        if os.path.exists(self.state_path):
-            with open(self.state_path) as f:
-                prev = json.load(f)
+        prev = _read_state(self.state_path)
         self.client = None
         self.run_id = None
         self.last_pushed_step = -1
@@ -263,22 +268,51 @@ class Tracker:
             _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
 
 
+def _read_state(path: str) -> dict:
+    """mlflow_run.json ({} if absent). It is replaced atomically, so damage is outside interference: a
+    TrackingStateError naming the file, not a guess (a guess could open a second MLflow run)."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            st = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrackingStateError(f"{path}: unreadable ({type(e).__name__}: {e}); it names this run's MLflow run. "
+                                 "Restore it, or delete it to open a new MLflow run") from None
+    kinds = {"uri": str, "run_id": (str, type(None)), "last_pushed_step": int, "inflight": (dict, type(None))}
+    if not isinstance(st, dict) or any(k in st and not isinstance(st[k], t) for k, t in kinds.items()) \
+            or isinstance(st.get("last_pushed_step"), bool) or (st.get("inflight") is not None and not (
+                type(st["inflight"].get("step")) is int and isinstance(st["inflight"].get("keys"), list))):
+        raise TrackingStateError(f"{path}: not a tracker state ({json.dumps(st)[:120]}); restore it, or delete it "
+                                 "to open a new MLflow run")
+    return st
+
+
 def _read_rows(path: str) -> list[dict]:
     """JSON rows of a metrics.jsonl. A torn last line (a crash mid-write) is dropped with a warning;
-    a malformed line elsewhere raises, naming the file and line."""
+    anything else malformed (bad JSON or bytes elsewhere, a row that is not an object with an integer
+    "step", steps not increasing) raises MetricsFileError naming the file and line."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        lines = [ln for ln in f if ln.strip()]
+    with open(path, "rb") as f:
+        lines = [(i, ln) for i, ln in enumerate(f.read().split(b"\n"), 1) if ln.strip()]
     rows = []
-    for i, ln in enumerate(lines):
+    for n, (i, ln) in enumerate(lines):
         try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): {ln[:80]!r}")
+            row = json.loads(ln.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if n == len(lines) - 1:
+                warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): "
+                              f"{ln[:80].decode('utf-8', 'replace')!r}")
                 break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
+            raise MetricsFileError(f"{path}: line {i} is not valid JSON ({e})") from None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise MetricsFileError(f"{path}: line {i} is not a metrics row (an object with an integer \"step\"): "
+                                   f"{ln[:80].decode('utf-8', 'replace')!r}")
+        if rows and row["step"] <= rows[-1]["step"]:
+            raise MetricsFileError(f"{path}: line {i}: step {row['step']} after step {rows[-1]['step']} (steps must "
+                                   "increase; the file is damaged)")
+        rows.append(row)
     return rows
 
 

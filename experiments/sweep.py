@@ -578,10 +578,10 @@ def main(argv: list[str] | None = None) -> int:
                 except ConfigError as e:
                     raise GridError(f"point #{p.index} ({p.label()}) with tasks_per_node={prof.tasks_per_node}: "
                                     f"{e}") from None
-        try:
-            only = {int(i) for i in args.only.split(",") if i.strip()}
-        except ValueError:
-            raise GridError(f"--only {args.only!r}: must be point indices like 0,3,7") from None
+        parts = [i.strip() for i in args.only.split(",") if i.strip()]
+        if not all(i.isascii() and i.isdigit() for i in parts):  # int() would take '٣' or '1_0'
+            raise GridError(f"--only {args.only!r}: must be point indices like 0,3,7")
+        only = {int(i) for i in parts}
         if only - {p.index for p in points}:
             raise GridError(f"--only: no point(s) {sorted(only - {p.index for p in points})}; the grid has "
                             f"#0..#{len(points) - 1}")
