@@ -11,15 +11,18 @@ are excluded, each with a warning naming it; non-finite points are dropped, each
 
 from __future__ import annotations
 
+import csv
 import glob
+import io as _io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from drift.rundir import FINGERPRINT, NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, science_hash
+from drift.rundir import FINGERPRINT, NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, read_jsonl_torn, science_hash
 
 NOT_SCIENCE = (*NON_SCIENCE_KEYS, FINGERPRINT)  # left out of a run's compared settings (as of its hash)
 SKIP_DIRS = {"analysis", "mlartifacts", "figures", RunDir.CHECKPOINTS, RunDir.SAMPLES}
@@ -36,9 +39,63 @@ class Dataset:
     runs: pd.DataFrame
     source: str
     warnings: list[str] = field(default_factory=list)
+    exclusions: list[dict] = field(default_factory=list)
+    """One record per excluded run: {run, method, kind, detail}; kind is a key of EXCLUSION_RULES."""
+    dropped_points: list[dict] = field(default_factory=list)
+    """Non-finite evaluation points dropped from kept runs (not at their final step): {run, method, step}."""
 
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exclusion rules: what happens to each kind of imperfect run (report.md and gains.json list them)
+# ------------------------------------------------------------------------------------------------
+EXCLUSION_RULES = {
+    "running": "no DONE marker and its LOCK is held by a live process: still running; excluded",
+    "crashed": "no DONE marker and no live LOCK holder: crashed, killed or never finished; excluded",
+    "no_final_eval": "finished but its final evaluation (both axes at step train.iterations, and final_eval.json) "
+                     "is missing; excluded",
+    "torn": "the last metrics.jsonl line is torn (a crash while writing it): the line is dropped; the run is "
+            "excluded if that loses its final evaluation, kept otherwise (with a warning)",
+    "unreadable": "config.json or metrics.jsonl cannot be read (damaged); excluded",
+    "diverged": "a non-finite value (NaN/Inf) of either axis at its final evaluation: the whole run is excluded "
+                "(its other points come from a run that broke); a non-finite point before the final one is dropped "
+                "alone, with a warning, and its method's gains are flagged",
+    "duplicate": "same method, config hash and seed as an earlier run (in run-name order); the later one is excluded",
+    "status": "a CSV/MLflow run whose status is not finished; excluded",
+    "missing": "a seed listed in sweep.json whose run directory does not exist (never started); counted as "
+               "excluded (without sweep.json a seed that never started cannot be known)",
+}
+"""The rule for each kind of imperfect run. Every excluded run (except a duplicate, whose twin stays)
+and every dropped non-finite point flags the gains of its method; ``--strict`` makes any of them an error."""
+
+
+class Notes(list):
+    """A loader's warnings (a list of str) that also collects the structured exclusions."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.exclusions: list[dict] = []
+
+    def merge(self, other: list[str]) -> "Notes":
+        self.extend(other)
+        self.exclusions += getattr(other, "exclusions", [])
+        return self
+
+    def exclude(self, run: str, method: str | None, kind: str, text: str) -> None:
+        assert kind in EXCLUSION_RULES, kind
+        self.append(text)
+        self.exclusions.append({"run": run, "method": method, "kind": kind, "detail": text})
+
+
+def _lock_holder(run_dir: str) -> str | None:
+    from drift.launch import RunLock
+
+    try:
+        return RunLock.holder(run_dir)
+    except OSError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,18 +126,29 @@ def _column(df: pd.DataFrame, key: str) -> str | None:
     return short if short and short in df.columns else None
 
 
-def _finish(rows: list[dict], runs: list[dict], source: str, warnings: list[str], akey: str, dkey: str) -> Dataset:
-    """Common tail of every loader: build the tables, drop non-finite points with a warning."""
-    ds = Dataset(pd.DataFrame(rows), pd.DataFrame(runs), source, warnings)
-    if ds.points.empty:
+def _finish(rows: list[dict], runs: list[dict], source: str, warnings: Notes, akey: str, dkey: str) -> Dataset:
+    """Common tail of every loader: build the tables, exclude diverged runs (non-finite final evaluation),
+    drop (and record) the other non-finite points."""
+    p = pd.DataFrame(rows)
+    dropped: list[dict] = []
+    if not p.empty:
+        bad = ~(np.isfinite(p["alignment"].astype(float)) & np.isfinite(p["diversity"].astype(float)))
+        diverged = set(p[bad & p["final"].astype(bool)]["run"])
+        for run, g in p[bad & p["run"].isin(diverged)].groupby("run", sort=True):
+            r = g.sort_values("step").iloc[0]
+            warnings.exclude(run, r["method"], "diverged",
+                             f"excluded run {run}: it diverged (non-finite final evaluation; the first non-finite "
+                             f"one at step {int(r['step'])}: {akey}={r['alignment']}, {dkey}={r['diversity']})")
+        for _, r in p[bad & ~p["run"].isin(diverged)].iterrows():
+            warnings.append(f"dropped a non-finite point: run {r['run']} step {int(r['step'])} "
+                            f"({akey}={r['alignment']}, {dkey}={r['diversity']})")
+            dropped.append({"run": r["run"], "method": r["method"], "step": int(r["step"])})
+        p = p[~bad & ~p["run"].isin(diverged)]
+    if p.empty:
         raise AnalysisInputError(f"no evaluation points with '{akey}' and '{dkey}' in {source}"
                                  + (": " + "; ".join(warnings[:5]) if warnings else ""))
-    p = ds.points
-    bad = ~(np.isfinite(p["alignment"].astype(float)) & np.isfinite(p["diversity"].astype(float)))
-    for _, r in p[bad].iterrows():
-        ds.warn(f"dropped a non-finite point: run {r['run']} step {int(r['step'])} "
-                f"({akey}={r['alignment']}, {dkey}={r['diversity']})")
-    ds.points = p[~bad].sort_values(["method", "run", "step"]).reset_index(drop=True)
+    ds = Dataset(p, pd.DataFrame(runs), source, list(warnings), list(warnings.exclusions), dropped_points=dropped)
+    ds.points = p.sort_values(["method", "run", "step"]).reset_index(drop=True)
     ds.runs = ds.runs.sort_values(["method", "run"]).reset_index(drop=True)
     ds.runs = ds.runs[ds.runs["run"].isin(set(ds.points["run"]))].reset_index(drop=True)
     return ds
@@ -94,15 +162,16 @@ def _check_keys(seen: set[str], akey: str, dkey: str, where: str) -> None:
                                  f"{sorted(k for k in seen if k.startswith('eval/'))}")
 
 
-def _dedupe(runs: list[dict], warnings: list[str]) -> list[dict]:
+def _dedupe(runs: list[dict], warnings: Notes) -> list[dict]:
     """Keep one run per (method, config hash, seed); the later ones are named in a warning."""
     seen: dict[tuple, dict] = {}
     kept = []
     for r in runs:
         key = (r["method"], r["config"], r["seed"])
         if key in seen:
-            warnings.append(f"excluded duplicated run {r['run']}: same method, config ({r['config']}) and seed as "
-                            f"{seen[key]['run']}")
+            warnings.exclude(r["run"], r["method"], "duplicate",
+                             f"excluded duplicated run {r['run']}: same method, config ({r['config']}) and seed as "
+                             f"{seen[key]['run']}")
             continue
         seen[key] = r
         kept.append(r)
@@ -132,15 +201,18 @@ def sweep_run_dirs(sweep_json: str, runs_root: str) -> tuple[list[str], list[str
     also accepted: a list of paths, or a dict whose 'run_dirs'/'runs' lists paths or dicts with 'run_dir').
     Relative paths are tried against the cwd, the runs root's parent and the sweep file's folder.
     Returns (existing dirs, warnings)."""
-    with open(sweep_json) as f:
-        spec = json.load(f)
+    try:
+        with open(sweep_json, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise AnalysisInputError(f"{sweep_json}: unreadable ({type(e).__name__}: {e})") from None
     items = spec
     if isinstance(spec, dict):
         items = next((spec[k] for k in ("points", "run_dirs", "runs") if k in spec), None)
     if not isinstance(items, list):
         raise AnalysisInputError(f"{sweep_json}: no list of run directories (expected a list, or a dict with "
                                  "'points', 'run_dirs' or 'runs')")
-    found, warnings = [], []
+    found, warnings = [], Notes()
     bases = ["", os.path.dirname(os.path.abspath(runs_root)), os.path.dirname(os.path.abspath(sweep_json))]
     for it in items:
         p = it.get("run_dir") if isinstance(it, dict) else it
@@ -149,7 +221,8 @@ def sweep_run_dirs(sweep_json: str, runs_root: str) -> tuple[list[str], list[str
         cands = [p] if os.path.isabs(p) else [os.path.join(b, p) for b in bases]
         hit = next((c for c in cands if os.path.isdir(c)), None)
         if hit is None:
-            warnings.append(f"run {p} is listed in {sweep_json} but its directory does not exist (never started?)")
+            warnings.exclude(p, it.get("method") if isinstance(it, dict) else None, "missing",
+                             f"excluded run {p}: listed in {sweep_json} but its directory does not exist (never started?)")
         else:
             found.append(os.path.normpath(os.path.abspath(hit)))
     return found, warnings
@@ -160,44 +233,66 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
     """Points from engine run directories (config.json, metrics.jsonl, final_eval.json, DONE, samples/).
 
     A run is kept only if it finished (DONE and final_eval.json exist) and metrics.jsonl holds both keys
-    at its last iteration (train.iterations); otherwise it is excluded with a warning naming it.
+    at its last iteration (train.iterations); otherwise it is excluded with a warning naming it and the
+    rule of EXCLUSION_RULES it fell under (running, crashed, torn, unreadable, no_final_eval, diverged,
+    duplicate).
     """
-    warnings: list[str] = []
+    warnings = Notes()
     runs, rows = [], []
     seen_paths: set[str] = set()
     seen_keys: set[str] = set()
     for rd in run_dirs:
         rd = os.path.normpath(os.path.abspath(rd))
+        name = os.path.relpath(rd, root) if root else rd
         if rd in seen_paths:
-            warnings.append(f"excluded duplicated run {rd}: listed twice")
+            warnings.exclude(name, None, "duplicate", f"excluded duplicated run {rd}: listed twice")
             continue
         seen_paths.add(rd)
-        name = os.path.relpath(rd, root) if root else rd
-        run = RunDir(rd)
         try:
-            cfg = run.read_config()
-        except (OSError, json.JSONDecodeError) as e:
-            warnings.append(f"excluded run {name}: unreadable config.json ({type(e).__name__}: {e})")
+            with open(RunDir(rd).config, encoding="utf-8") as f:
+                cfg = json.load(f)
+            last = cfg["train"]["iterations"]
+            if type(last) is not int or not isinstance(cfg.get("method"), str) or type(cfg.get("seed")) is not int:
+                raise ValueError("no integer train.iterations and seed, or no method name")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            warnings.exclude(name, None, "unreadable",
+                             f"excluded run {name}: unreadable config.json ({type(e).__name__}: {e})")
             continue
-        if not os.path.exists(run.done):
-            warnings.append(f"excluded run {name}: it did not finish (no DONE marker: crashed or still running)")
+        method = cfg["method"]
+        if not os.path.exists(RunDir(rd).done):
+            holder = _lock_holder(rd)
+            if holder:
+                warnings.exclude(name, method, "running", f"excluded run {name}: it did not finish (no DONE "
+                                 f"marker): still running, its LOCK is held by {holder}")
+            else:
+                warnings.exclude(name, method, "crashed", f"excluded run {name}: it did not finish (no DONE "
+                                 "marker: crashed or still running; no live process holds its LOCK)")
             continue
-        if not os.path.exists(run.final_eval):
-            warnings.append(f"excluded run {name}: no final_eval.json (the run lacks its final evaluation)")
+        if not os.path.exists(RunDir(rd).final_eval):
+            warnings.exclude(name, method, "no_final_eval",
+                             f"excluded run {name}: no final_eval.json (the run lacks its final evaluation)")
             continue
         try:
-            mrows = run.read_metrics()
+            mrows, torn = read_jsonl_torn(RunDir(rd).metrics)
         except (OSError, ValueError) as e:
-            warnings.append(f"excluded run {name}: unreadable metrics.jsonl ({type(e).__name__}: {e})")
+            warnings.exclude(name, method, "unreadable",
+                             f"excluded run {name}: unreadable metrics.jsonl ({type(e).__name__}: {e})")
             continue
-        last = int(cfg.get("train", {}).get("iterations", -1))
         seen_keys.update(k for r in mrows for k in r)
         ev = [r for r in mrows if akey in r or dkey in r]
         if not any(r["step"] == last and akey in r and dkey in r for r in ev):
-            warnings.append(f"excluded run {name}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
-                            f"{last} = train.iterations are not both in metrics.jsonl)")
+            if torn:
+                warnings.exclude(name, method, "torn", f"excluded run {name}: the last line of its metrics.jsonl "
+                                 f"is torn ({torn}), and with it its final evaluation (step {last})")
+            else:
+                warnings.exclude(name, method, "no_final_eval",
+                                 f"excluded run {name}: it lacks its final evaluation ('{akey}' and '{dkey}' at "
+                                 f"step {last} = train.iterations are not both in metrics.jsonl)")
             continue
-        method, seed = str(cfg.get("method")), int(cfg.get("seed", -1))
+        if torn:
+            warnings.append(f"run {name}: dropped the torn last line of its metrics.jsonl ({torn}); its final "
+                            "evaluation is intact, the run is kept")
+        seed = cfg["seed"]
         chash = science_hash(cfg)
         flat = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NOT_SCIENCE}
         runs.append({"run": name, "method": method, "seed": seed, "config": chash, "run_dir": rd,
@@ -224,7 +319,7 @@ def default_input(runs_root: str, experiment: str | None) -> tuple[list[str], st
     of the most recently modified ``<runs>/*/sweep.json`` (its listed run dirs); else every run dir under
     the runs root.
     """
-    warnings: list[str] = []
+    warnings = Notes()
     if experiment:
         folder = os.path.join(runs_root, experiment)
         if not os.path.isdir(folder):
@@ -233,14 +328,14 @@ def default_input(runs_root: str, experiment: str | None) -> tuple[list[str], st
         dirs = find_run_dirs(folder)
         if os.path.exists(sweep):
             listed, w = sweep_run_dirs(sweep, runs_root)
-            warnings += w
+            warnings.merge(w)
             dirs = sorted(set(dirs) | set(listed))
         return dirs, folder, experiment, warnings
     sweeps = sorted(glob.glob(os.path.join(runs_root, "*", SWEEP_INDEX)), key=os.path.getmtime)
     if sweeps:
         folder = os.path.dirname(sweeps[-1])
         listed, w = sweep_run_dirs(sweeps[-1], runs_root)
-        return sorted(set(find_run_dirs(folder)) | set(listed)), folder, os.path.basename(folder), warnings + w
+        return sorted(set(find_run_dirs(folder)) | set(listed)), folder, os.path.basename(folder), warnings.merge(w)
     if not os.path.isdir(runs_root):
         raise AnalysisInputError(f"runs root {runs_root} does not exist; name --runs-dir, --csv or --source mlflow")
     dirs = find_run_dirs(runs_root)
@@ -275,7 +370,7 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
         token = page.token
         if not token:
             break
-    warnings: list[str] = []
+    warnings = Notes()
     runs, rows = [], []
     seen_keys = {k for mr in all_runs if mr.data.tags.get("kind") != "analysis" for k in mr.data.metrics}
     _check_keys(seen_keys, akey, dkey, f"MLflow experiment {experiment!r}")
@@ -289,14 +384,16 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
             warnings.append(f"skipped MLflow run {label}: no 'method' tag (not a training run)")
             continue
         if mr.info.status != "FINISHED":
-            warnings.append(f"excluded run {label}: MLflow status {mr.info.status} (crashed or still running)")
+            warnings.exclude(label, tags["method"], "running" if mr.info.status == "RUNNING" else "status",
+                             f"excluded run {label}: MLflow status {mr.info.status} (crashed or still running)")
             continue
         last = int(float(params.get("train.iterations", -1)))
         keys = sorted(k for k in mr.data.metrics if k.startswith("eval/"))
         hist = {k: {m.step: m.value for m in client.get_metric_history(mr.info.run_id, k)} for k in keys}
         if last not in hist.get(akey, {}) or last not in hist.get(dkey, {}):
-            warnings.append(f"excluded run {label}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
-                            f"{last} = train.iterations)")
+            warnings.exclude(label, tags["method"], "no_final_eval",
+                             f"excluded run {label}: it lacks its final evaluation ('{akey}' and '{dkey}' at step "
+                             f"{last} = train.iterations)")
             continue
         flat = {k: v for k, v in params.items() if k not in NOT_SCIENCE}
         chash = science_hash(flat)  # of the flat string params: stable per config, not the run directory's hash
@@ -335,7 +432,7 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
     other runs of the same method and config (they lack their final evaluation); repeated (run, step) rows
     are dropped after the first.
     """
-    df = pd.read_csv(path)
+    df, lines = _read_csv_table(path)
     missing = [c for c in CSV_REQUIRED if c not in df.columns]
     acol, dcol = _column(df, akey), _column(df, dkey)
     if acol is None:
@@ -344,10 +441,37 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
         missing.append(f"{dkey} (or {dkey.removeprefix('eval/')})")
     if missing:
         raise AnalysisInputError(f"{path}: missing column(s) {missing}; columns are {list(df.columns)}")
-    warnings: list[str] = []
+    warnings = Notes()
+    for col, short in ((acol, "alignment"), (dcol, "diversity")):
+        if col != short and short in df.columns:  # the rename below would make two columns of one name
+            raise AnalysisInputError(f"{path}: columns {col!r} and {short!r} both present; which one is the "
+                                     f"{short} axis is ambiguous (drop one, or rename it)")
     df = df.rename(columns={acol: "alignment", dcol: "diversity"})
-    df["alignment"] = pd.to_numeric(df["alignment"], errors="coerce")
-    df["diversity"] = pd.to_numeric(df["diversity"], errors="coerce")
+    bad = lambda col, rule: next(((lines[i], df[col].iloc[i]) for i in range(len(df))  # noqa: E731
+                                  if not rule(df[col].iloc[i].strip())), None)
+    for col, name, rule, what in (("method", "method", bool, "a non-empty method name"),
+                                  ("seed", "seed", _INT_CELL.fullmatch, "an integer"),
+                                  ("step", "step", _INT_CELL.fullmatch, "an integer"),
+                                  ("alignment", acol, _METRIC_CELL, "a number (empty or nan: no value)"),
+                                  ("diversity", dcol, _METRIC_CELL, "a number (empty or nan: no value)")):
+        hit = bad(col, rule)
+        if hit:
+            raise AnalysisInputError(f"{path}, line {hit[0]}, column {name!r}: {hit[1]!r} must be {what}")
+    df["method"] = df["method"].str.strip()
+    for col in ("seed", "step"):
+        df[col] = df[col].astype(int)
+    blank = (df["alignment"].str.strip() == "") | (df["diversity"].str.strip() == "")
+    if blank.any():  # no evaluation on that row (an explicit nan/inf is a value: a diverged run)
+        warnings.append(f"dropped {int(blank.sum())} row(s) with an empty {acol} or {dcol} cell (lines "
+                        f"{[lines[i] for i in np.flatnonzero(blank.to_numpy())][:5]}): no evaluation there")
+        df = df[~blank.to_numpy()].reset_index(drop=True)
+    for col in ("alignment", "diversity"):
+        df[col] = [float(v) for v in df[col]]
+    for col in df.columns:  # the optional columns: numbers where every cell is one, else text
+        if col not in ("method", "seed", "step", "alignment", "diversity"):
+            num = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+            if num.notna().sum() == (df[col] != "").sum():
+                df[col] = num
     df["config"] = df["config"].astype(str) if "config" in df.columns else "-"
     if "run" not in df.columns:
         df["run"] = df["method"].astype(str) + "/" + df["config"] + "/seed" + df["seed"].astype(str)
@@ -360,13 +484,15 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
         for run, g in df.groupby("run"):
             st = str(g["status"].iloc[-1]).lower()
             if st not in ("finished", "done", "ok"):
-                warnings.append(f"excluded run {run}: status {st!r} (crashed or unfinished)")
+                warnings.exclude(run, str(g["method"].iloc[0]), "status",
+                                 f"excluded run {run}: status {st!r} (crashed or unfinished)")
                 df = df[df["run"] != run]
     last = df.groupby("run")["step"].max()
     meta = df.groupby("run")[["method", "config"]].first()
     target = last.groupby([meta["method"], meta["config"]]).transform("max")
     for run in last.index[last < target]:
-        warnings.append(f"excluded run {run}: it lacks its final evaluation (last step {int(last[run])}, "
+        warnings.exclude(run, str(meta.loc[run, "method"]), "no_final_eval",
+                         f"excluded run {run}: it lacks its final evaluation (last step {int(last[run])}, "
                         f"other runs of its method and config reach {int(target[run])})")
         df = df[df["run"] != run]
     extra_cols = [c for c in df.columns if c not in ("method", "run", "seed", "config", "step", "alignment",
@@ -394,6 +520,47 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
     kept = {r["run"] for r in runs}
     rows = [r for r in rows if r["run"] in kept]
     return _finish(rows, runs, f"CSV {path}", warnings, akey, dkey)
+
+
+_INT_CELL = re.compile(r"[+-]?[0-9]+")
+_FLOAT_CELL = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+
+
+def _METRIC_CELL(v: str) -> bool:
+    return v == "" or bool(_FLOAT_CELL.fullmatch(v))
+
+
+def _read_csv_table(path: str) -> tuple[pd.DataFrame, list[int]]:
+    """(every cell as text, the file line of each row). AnalysisInputError naming the file (and line) for
+    an unreadable or non-UTF-8 file, no header, a repeated column name or a row with the wrong number of
+    fields (pandas would shift such a row into an index, or rename a repeated column, without a word)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnalysisInputError(f"{path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})") from None
+    reader = csv.reader(_io.StringIO(text))
+    try:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise AnalysisInputError(f"{path}: empty file (no header line with the column names)")
+        header = [h.strip() for h in header]
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise AnalysisInputError(f"{path}, line 1: column(s) {dup} appear more than once")
+        rows, lines = [], []
+        for r in reader:
+            if not any(c.strip() for c in r):
+                continue  # a blank line
+            if len(r) != len(header):
+                raise AnalysisInputError(f"{path}, line {reader.line_num}: {len(r)} fields, the header has "
+                                         f"{len(header)} ({header})")
+            rows.append(r)
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise AnalysisInputError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+    return pd.DataFrame(rows, columns=header, dtype=object).astype(str) if rows else \
+        pd.DataFrame({h: pd.Series(dtype=str) for h in header}), lines
 
 
 # ------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class Table:
             s = (s.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&")
                  .replace("#", r"\#"))
             return (s.replace("—", "---").replace("–", "--").replace("−", "$-$").replace("✓", r"\checkmark")
-                    .replace("₀", "$_0$"))
+                    .replace("₀", "$_0$").replace("†", r"$^\dagger$"))
         out = [f"% {self.title}", r"\begin{tabular}{" + "l" * len(self.header) + "}", r"\toprule",
                " & ".join(esc(h) for h in self.header) + r" \\", r"\midrule"]
         out += [" & ".join(esc(c) for c in r) + r" \\" for r in self.rows]
@@ -111,6 +111,17 @@ def methods_table(res: dict, title: str = "Methods") -> Table:
                          "Hypervolume (CI one-sided, see note)"], rows, notes)
 
 
+LOST_MARK = " †"
+"""Marks a pair whose fronts lost points to excluded runs or missing seeds (the table note says which)."""
+
+
+def lost_note(p: dict) -> str:
+    """'fronts built without ...' for a flagged pair: each label's excluded runs and missing seeds."""
+    parts = [f"{name(lab)} lost {len(why)} ({'; '.join(why[:4])}{'; ...' if len(why) > 4 else ''})"
+             for lab, why in p.get("front_lost_points", {}).items()]
+    return "fronts built without excluded runs or points: " + ", ".join(parts)
+
+
 def gain_tables(res: dict) -> list[Table]:
     tables = []
     for key, (title, ov) in GAIN_TITLES.items():
@@ -120,17 +131,21 @@ def gain_tables(res: dict) -> list[Table]:
             if g is None:
                 continue
             pair = f"{name(p['method'])} vs {name(p['baseline'])}"
+            flag = LOST_MARK if p.get("flagged") else ""
+            if flag:
+                notes.append(f"{LOST_MARK.strip()} {pair}: " + lost_note(p))
             if "min" not in g:
-                rows.append([name(p["method"]), name(p["baseline"]), DASH, DASH, DASH, DASH, DASH])
+                rows.append([name(p["method"]) + flag, name(p["baseline"]), DASH, DASH, DASH, DASH, DASH])
             else:
                 rng = (f"{fmt_pct(g['min']['value'])} – {fmt_pct(g['max']['value'])}"
                        if g["min"]["value"] is not None else DASH)
-                rows.append([name(p["method"]), name(p["baseline"]), fmt_interval(g["interval"]), rng,
+                rows.append([name(p["method"]) + flag, name(p["baseline"]), fmt_interval(g["interval"]), rng,
                              cell(g["min"], True), cell(g["max"], True), cell(g["mean"], True)])
             notes += [f"{pair}: {m}" for m in g.get("messages", [])]
         tables.append(Table(title, ["Method", "Baseline", ov, "Range (min – max)", "Min [95% CI]", "Max [95% CI]",
                                     "Mean [95% CI]"], rows, notes))
-    rows = [[name(p["method"]), name(p["baseline"]), cell(p["dominance"]["method_over_baseline"], share=True),
+    rows = [[name(p["method"]) + (LOST_MARK if p.get("flagged") else ""), name(p["baseline"]),
+             cell(p["dominance"]["method_over_baseline"], share=True),
              cell(p["dominance"]["baseline_over_method"], share=True)] for p in res["pairs"]]
     tables.append(Table("Dominance: share of one front's points dominated by the other front",
                         ["Method", "Baseline", "Baseline's front dominated by method", "Method's front dominated by baseline"],
@@ -450,7 +465,8 @@ def _tables_only(md: str) -> str:
 
 
 def report_md(meta: dict, gains_md: str, ablation_md: str | None, files: dict[str, str | None],
-              warnings: list[str], excluded: list[str], sample_note: str) -> str:
+              warnings: list[str], excluded: list[str], sample_note: str, exclusions: list[dict] | None = None,
+              rules: dict[str, str] | None = None) -> str:
     out = ["# Frontier analysis", "", settings_text(meta), "Definitions and formulas: docs/analysis.md.", ""]
     out += ["## Fronts", "", "![pareto](pareto.png)", "",
             "All evaluation points faint; each method's front bold with its bootstrap 95% band; the star is the "
@@ -468,5 +484,12 @@ def report_md(meta: dict, gains_md: str, ablation_md: str | None, files: dict[st
             out += ["![ablation fronts](ablation_pareto.png)", ""]
         out += [_tables_only(ablation_md), ""]
     out += ["## Excluded runs and warnings", ""]
-    out += [f"* {w}" for w in excluded + [w for w in warnings if w not in excluded]] or ["None."]
+    kinds = sorted({e["kind"] for e in exclusions or []})
+    if kinds and rules:
+        out += ["Rules applied (a gain marked † was computed from a front that lost points to them):", ""]
+        out += [f"* **{k}**: {rules[k]}" for k in kinds] + [""]
+    out += [f"* [{e['kind']}] {e['detail']}" for e in exclusions or []]
+    out += [f"* {w}" for w in ([] if exclusions is not None else excluded) + [w for w in warnings if w not in excluded]]
+    if out[-1] == "":
+        out.append("None.")
     return "\n".join(out) + "\n"

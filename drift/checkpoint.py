@@ -101,6 +101,11 @@ def _verify(folder: str) -> dict:
             manifest = json.load(f)
     except ValueError as e:
         raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{mpath}: not a checkpoint manifest (an object with 'files')")
+    name_step = os.path.basename(folder).removeprefix("step_")
+    if type(manifest.get("step")) is not int or not name_step.isdigit() or manifest["step"] != int(name_step):
+        raise CheckpointError(f"{mpath}: step {manifest.get('step')!r} does not match the folder name (damaged)")
     missing = {"tensors.safetensors", "state.json"} - set(manifest.get("files", {}))
     if missing:
         raise CheckpointError(f"{mpath}: does not list {sorted(missing)}")

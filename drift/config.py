@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -420,6 +422,10 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------
 # Overrides
 # ----------------------------------------------------------------------------------------------
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)", re.IGNORECASE)
+
+
 def _coerce(field_name: str, tp: Any, raw: Any) -> Any:
     """Parse a string (or pass a typed value) into the annotated type; errors name the field."""
     origin = typing.get_origin(tp)
@@ -447,14 +453,24 @@ def _coerce(field_name: str, tp: Any, raw: Any) -> Any:
     if tp in (int, float):
         if isinstance(raw, bool):
             _fail(field_name, raw, f"must be of type {tp.__name__}")
+        # Text must be a plain ASCII literal: int('٣') == 3 and int('3_000') == 3000 in Python, which
+        # a typo should not become. NaN is never a meaningful setting.
+        if isinstance(raw, str) and not (_INT_TEXT if tp is int else _FLOAT_TEXT).fullmatch(raw.strip()):
+            _fail(field_name, raw, f"must be of type {tp.__name__} (a plain decimal number"
+                  + (")" if tp is int else ", or inf)"))
         try:
             if tp is int:
                 if isinstance(raw, float) and not raw.is_integer():
                     raise ValueError
                 return int(raw)
-            return float(raw)
-        except (ValueError, TypeError):
+            v = float(raw)
+        except (ValueError, TypeError, OverflowError):
             _fail(field_name, raw, f"must be of type {tp.__name__}")
+        if math.isnan(v):
+            _fail(field_name, raw, "must be a number, not NaN")
+        if math.isinf(v) and isinstance(raw, str) and "inf" not in raw.lower():
+            _fail(field_name, raw, "is out of the range of a float (it would become inf)")
+        return v
     if tp is str:
         if not isinstance(raw, str):
             _fail(field_name, raw, "must be a string")
@@ -490,9 +506,10 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         if "=" not in it or it.startswith("="):
             raise ConfigError(f"override {it!r}: must look like key=value (e.g. train.lr=3e-4)")
         k, v = it.split("=", 1)
+        k = k.strip()
         if k in out:
             raise ConfigError(f"override {k!r} given twice ({out[k]!r} and {v!r})")
-        out[k.strip()] = v
+        out[k] = v
     return out
 
 

@@ -56,7 +56,7 @@ def read_prompt_file(path: str) -> list[PromptEntry]:
     full = resolve_path(path)
     try:
         with open(full, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # not splitlines(): it also cuts at \x1c-\x1e, \x85, U+2028 (valid inside JSON)
     except (OSError, UnicodeDecodeError) as e:
         raise PromptFileError(f"prompt file {path!r} (resolved to {full}): cannot read it "
                               f"({getattr(e, 'strerror', None) or type(e).__name__})") from None

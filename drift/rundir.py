@@ -50,24 +50,56 @@ def science_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def read_jsonl(path: str, decode: bool = True) -> list[dict]:
-    """The rows of a JSON-lines file of a run (metrics.jsonl, launch.jsonl): the one reader. Blank lines are
-    skipped. A torn last line (a crash while writing it) is dropped with a warning; a malformed line
-    elsewhere raises ValueError naming the file and the line. With ``decode`` (metrics only) the 'nan' /
-    'inf' / '-inf' strings (how non-finite values are written) become floats; without it the rows are
-    returned as written (to rewrite them unchanged). FileNotFoundError if the file is absent."""
-    with open(path) as f:
-        lines = [(i + 1, ln) for i, ln in enumerate(f) if ln.strip()]
-    rows = []
-    for j, (lineno, ln) in enumerate(lines):
+NON_FINITE = ("nan", "inf", "-inf")
+"""How metrics.jsonl writes non-finite values (JSON has no NaN): as these strings."""
+
+
+class MetricsFileError(ValueError):
+    """A JSON-lines file of a run is damaged beyond a torn last line; the message names the file and line."""
+
+
+def read_jsonl_torn(path: str, decode: bool = True, metrics: bool = True) -> tuple[list[dict], str | None]:
+    """(rows, the torn last line or None) of a JSON-lines file of a run: the one reader.
+
+    Lines are split on newline bytes only (a JSON string may hold U+2028 or \\x1c); blank lines are
+    skipped. A last line that is not valid UTF-8 JSON (a crash while writing it) is dropped and described
+    in the second value; a malformed line elsewhere raises MetricsFileError naming the file and the
+    (physical) line. With ``metrics`` every row must be an object with an integer "step", and the steps
+    must increase. With ``decode`` the 'nan' / 'inf' / '-inf' strings (how non-finite values are
+    written) become floats; without it the rows are returned as written (to rewrite them unchanged).
+    FileNotFoundError if the file is absent."""
+    with open(path, "rb") as f:
+        lines = [(i, ln) for i, ln in enumerate(f.read().split(b"\n"), 1) if ln.strip()]
+    rows: list[dict] = []
+    for n, (i, ln) in enumerate(lines):
         try:
-            row = json.loads(ln)
-        except json.JSONDecodeError as e:
-            if j == len(lines) - 1:
-                warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): {ln[:80]!r}")
-                break
-            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e})") from None
-        rows.append({k: (float(v) if isinstance(v, str) else v) for k, v in row.items()} if decode else row)
+            row = json.loads(ln.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if n == len(lines) - 1:
+                return rows, f"line {i}: {ln[:80].decode('utf-8', 'replace')!r}"
+            raise MetricsFileError(f"{path}: line {i} is not valid JSON ({e})") from None
+        if metrics:
+            if not isinstance(row, dict) or type(row.get("step")) is not int:
+                raise MetricsFileError(f"{path}: line {i} is not a metrics row (an object with an integer \"step\"): "
+                                       f"{ln[:80].decode('utf-8', 'replace')!r}")
+            if rows and row["step"] <= rows[-1]["step"]:
+                raise MetricsFileError(f"{path}: line {i}: step {row['step']} after step {rows[-1]['step']} (steps "
+                                       "must increase; the file is damaged)")
+        if decode:
+            bad = [k for k, v in row.items() if isinstance(v, str) and v not in NON_FINITE]
+            if bad:
+                raise MetricsFileError(f"{path}: line {i}: {bad[0]!r} holds the string {row[bad[0]]!r} (values are "
+                                       f"numbers, or one of {NON_FINITE} for non-finite ones)")
+            row = {k: (float(v) if isinstance(v, str) else v) for k, v in row.items()}
+        rows.append(row)
+    return rows, None
+
+
+def read_jsonl(path: str, decode: bool = True, metrics: bool = True) -> list[dict]:
+    """``read_jsonl_torn``'s rows; a torn last line is dropped with a warning."""
+    rows, torn = read_jsonl_torn(path, decode, metrics)
+    if torn is not None:
+        warnings.warn(f"{path}: dropping a torn last line (a crash while writing it): {torn}")
     return rows
 
 
@@ -153,8 +185,9 @@ class RunDir:
         if not os.path.isdir(self.checkpoints):
             return []
         pre = self.CHECKPOINT_PREFIX
-        return sorted(int(d[len(pre):]) for d in os.listdir(self.checkpoints)
-                      if d.startswith(pre) and os.path.exists(os.path.join(self.checkpoints, d, self.MANIFEST)))
+        steps = [d[len(pre):] for d in os.listdir(self.checkpoints)
+                 if d.startswith(pre) and os.path.exists(os.path.join(self.checkpoints, d, self.MANIFEST))]
+        return sorted(int(s) for s in steps if s.isascii() and s.isdigit())  # a stray step_x folder is no checkpoint
 
 
 def is_done(run_dir: str | os.PathLike) -> bool:

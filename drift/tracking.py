@@ -33,7 +33,12 @@ import time
 import urllib.parse
 import warnings
 
-from .rundir import RunDir, read_jsonl
+from .rundir import NON_SCIENCE_KEYS, RunDir, read_jsonl
+
+
+class TrackingStateError(ValueError):
+    """A run directory's mlflow_run.json is unreadable; the message names the file."""
+
 
 RETRIES = {"count": 0}
 """Retries of MLflow calls in this process (a transient failure that a later try got through)."""
@@ -70,6 +75,9 @@ def run_tags(cfg, run_dir: str, extra: dict | None = None) -> dict[str, str]:
     tags.update({k: str(v) for k, v in (extra or {}).items()})
     return tags
 
+ATTEMPT_PARAMS = NON_SCIENCE_KEYS
+"""Params that may differ between attempts of one run: the non-science keys, as the run directory's config
+check (seed and experiment are parts of the run directory's path, so they never differ within one)."""
 
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
              "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED"}
@@ -226,9 +234,11 @@ class Tracker:
 
     The MLflow run id and the last step pushed to MLflow live in ``<run_dir>/mlflow_run.json``,
     rewritten atomically before and after every push, so a restart never pushes a (key, step) twice
-    whatever the checkpoint timing or the crash point. A fresh start (no checkpoint) over a run dir
-    that had an MLflow run deletes that run and opens a new one; a resume reopens it (and drops a
-    stale ``termination_reason`` tag left by the interrupted attempt).
+    whatever the checkpoint timing or the crash point. Every restart reopens the run dir's MLflow run
+    (and drops a stale ``termination_reason`` tag left by the interrupted attempt), also a fresh start
+    (an attempt killed before its first checkpoint): its steps up to ``last_pushed_step`` are already
+    in MLflow and are not pushed again. Only a fresh start whose params differ from the run's (a
+    config change allowed before any checkpoint) closes and deletes the old run and opens a new one.
     """
 
     def __init__(self, run_dir: str, uri: str, experiment: str, run_name: str, params: dict, artifact_root: str,
@@ -240,10 +250,7 @@ class Tracker:
             self._truncate(resume_step)
         elif os.path.exists(self.path):
             os.remove(self.path)  # a fresh start: no rows from an earlier, uncheckpointed attempt
-        prev = {}
-        if os.path.exists(self.state_path):
-            with open(self.state_path) as f:
-                prev = json.load(f)
+        prev = _read_state(self.state_path)
         self.client = None
         self.run_id = None
         self.last_pushed_step = -1
@@ -256,7 +263,10 @@ class Tracker:
 
         self.client = MlflowClient(tracking_uri=uri)
         exp_id = _retry(lambda: init_mlflow_experiment(uri, experiment, artifact_root), "experiment init")
-        if resume_step is not None and prev.get("run_id") and prev.get("uri") == uri:
+        reopen = bool(prev.get("run_id")) and prev.get("uri") == uri
+        if reopen and resume_step is None:  # a restart before the first checkpoint: same run, if it fits
+            reopen = self._fresh_start_may_reopen(prev["run_id"], params)
+        if reopen:  # one MLflow run per run directory, reopened on every restart
             self.run_id, self.last_pushed_step = prev["run_id"], prev.get("last_pushed_step", -1)
             cut = prev.get("inflight")
             if cut and cut["step"] > self.last_pushed_step:  # a push was cut off: what did MLflow get?
@@ -270,21 +280,46 @@ class Tracker:
                 _retry(lambda: self.client.delete_tag(self.run_id, "termination_reason"), "delete_tag")
             for k, v in (tags or {}).items():
                 _retry(lambda k=k, v=v: self.client.set_tag(self.run_id, k, v), "set_tag")
+            if resume_step is None:  # the earlier attempt may have died before logging them all
+                self._log_params({k: v for k, v in flatten(params).items() if k not in run.data.params})
             return
-        if prev.get("run_id") and prev.get("uri") == uri:
-            try:  # an earlier attempt that never checkpointed: its MLflow rows would duplicate ours
-                self.client.delete_run(prev["run_id"])
-            except Exception as e:  # already deleted, or a different store
-                warnings.warn(f"could not delete stale MLflow run {prev['run_id']}: {e}")
         run = _retry(lambda: self.client.create_run(exp_id, run_name=run_name, tags=tags or {}), "create_run")
         self.run_id = run.info.run_id
         self._save_state()
+        self._log_params(params)
+
+    def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = sorted(flatten(params).items())
         for i in range(0, len(items), 100):
             chunk = [Param(k, v[:6000]) for k, v in items[i : i + 100]]
             _retry(lambda c=chunk: self.client.log_batch(self.run_id, params=c), "log params")
+
+    def _fresh_start_may_reopen(self, run_id: str, params: dict) -> bool:
+        """A restart with no checkpoint over a run dir whose earlier attempt opened ``run_id``: reopen
+        that run (its rows up to ``last_pushed_step`` are the ones this attempt recomputes) unless it is
+        gone or was logged with other params (a fresh start allowed to change the config); such a run
+        is closed (KILLED, with a termination_reason) and deleted, so none is left RUNNING."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001 -- deleted for good, or another store
+            warnings.warn(f"MLflow run {run_id} of an earlier attempt is not readable ({e}); opening a new one")
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        ours = {k: v[:6000] for k, v in flatten(params).items() if k not in ATTEMPT_PARAMS}
+        changed = sorted(k for k, v in run.data.params.items() if k in ours and ours[k] != v)
+        if not changed:
+            return True
+        warnings.warn(f"MLflow run {run_id} of an earlier attempt has other params ({', '.join(changed[:5])}); "
+                      "closing it and opening a new run")
+        _retry(lambda: self.client.set_tag(run_id, "termination_reason",
+                                           f"superseded by a fresh start with changed params: {', '.join(changed[:20])}"),
+               "set_tag")
+        _retry(lambda: self.client.set_terminated(run_id, status="KILLED"), "set_terminated")
+        _retry(lambda: self.client.delete_run(run_id), "delete_run")
+        return False
 
     def _save_state(self) -> None:
         tmp = self.state_path + ".tmp"
@@ -339,3 +374,22 @@ class Tracker:
         if self.client is not None:
             _retry(lambda: self.client.set_terminated(self.run_id, status=status), "set_terminated")
 
+
+def _read_state(path: str) -> dict:
+    """mlflow_run.json ({} if absent). It is replaced atomically, so damage is outside interference: a
+    TrackingStateError naming the file, not a guess (a guess could open a second MLflow run)."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            st = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrackingStateError(f"{path}: unreadable ({type(e).__name__}: {e}); it names this run's MLflow run. "
+                                 "Restore it, or delete it to open a new MLflow run") from None
+    kinds = {"uri": str, "run_id": (str, type(None)), "last_pushed_step": int, "inflight": (dict, type(None))}
+    if not isinstance(st, dict) or any(k in st and not isinstance(st[k], t) for k, t in kinds.items()) \
+            or isinstance(st.get("last_pushed_step"), bool) or (st.get("inflight") is not None and not (
+                type(st["inflight"].get("step")) is int and isinstance(st["inflight"].get("keys"), list))):
+        raise TrackingStateError(f"{path}: not a tracker state ({json.dumps(st)[:120]}); restore it, or delete it "
+                                 "to open a new MLflow run")
+    return st

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import typing
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +59,24 @@ def say(msg: str) -> None:
 # ================================================================================================
 # Slurm cluster profile (slurm/<name>.toml), overridable from the command line
 # ================================================================================================
+PROFILE_RULES = {"gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 0, "timeout_min": 1,
+                 "signal_delay_s": 0, "max_num_timeout": 0, "array_parallelism": 1}
+"""Lowest allowed value of each numeric [slurm] key (mem_gb: strictly above)."""
+
+
+def _profile_type_error(tp, v) -> str | None:
+    """None if ``v`` is exactly of the annotated type ``tp`` of a SlurmProfile field, else the rule."""
+    if tp is int:
+        return None if type(v) is int else "must be an integer"
+    if tp is float:
+        return None if type(v) in (int, float) and math.isfinite(v) else "must be a finite number"
+    if tp is dict:
+        return None if isinstance(v, dict) else "must be a table"
+    if typing.get_origin(tp) is list:
+        return None if isinstance(v, list) and all(isinstance(i, str) for i in v) else "must be a list of strings"
+    return None if v is None or isinstance(v, str) else "must be a string"  # str | None
+
+
 @dataclass
 class SlurmProfile:
     partition: str | None = None
@@ -90,16 +110,44 @@ class SlurmProfile:
 
     @classmethod
     def load(cls, name_or_path: str) -> tuple["SlurmProfile", str]:
+        """The profile in slurm/<name>.toml (or a path); GridError naming the file, the line (bad TOML)
+        or the key, value and rule (unknown key, wrong type, out of range). Values are taken as written:
+        an int field needs a TOML integer (not 2.0, "2" or true)."""
         path = name_or_path if os.path.exists(name_or_path) else os.path.join(SLURM_DIR, f"{name_or_path}.toml")
         if not os.path.exists(path):
             raise GridError(f"--profile {name_or_path!r}: no such file or profile; profiles in {SLURM_DIR}: {profiles()}")
-        with open(path, "rb") as f:
-            d = tomllib.load(f).get("slurm", {})
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise GridError(f"{path}: not a valid TOML file ({e})") from None
+        except OSError as e:
+            raise GridError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+        if set(doc) != {"slurm"} or not isinstance(doc["slurm"], dict):
+            raise GridError(f"{path}: must hold exactly one [slurm] table (found top-level "
+                            f"{sorted(doc) or 'nothing'}); e.g.\n[slurm]\npartition = \"gpu\"")
+        d = doc["slurm"]
         names_ = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - names_)
         if bad:
             raise GridError(f"{path}: unknown [slurm] key(s) {bad}; known: {sorted(names_)}")
-        return cls(**d), path
+        prof = cls(**d)
+        prof.validate(path)
+        return prof, path
+
+    def validate(self, where: str = "the Slurm profile") -> None:
+        """Types exactly as annotated and the ranges of PROFILE_RULES; GridError naming ``where``, the key,
+        the value and the rule."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            rule = _profile_type_error(hints[f.name], v)
+            if rule:
+                raise GridError(f"{where}: [slurm] {f.name}={v!r}: {rule}")
+            lo = PROFILE_RULES.get(f.name)
+            if lo is not None and not v >= lo or (f.name == "mem_gb" and v <= 0):
+                raise GridError(f"{where}: [slurm] {f.name}={v!r}: must be "
+                                + ("> 0" if f.name == "mem_gb" else f">= {lo}"))
 
     def describe(self, n_tasks: int) -> str:
         """The sbatch settings an array of ``n_tasks`` tasks would get, one per line (for --dry-run)."""
@@ -583,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(args, k) is not None:
                     setattr(prof, k, getattr(args, k))
             prof.setup = [*prof.setup, *args.setup]
+            prof.validate(f"{prof_path} with the command-line options")
             check_slurm_secrets(prof)
         if args.parallel < 1:
             raise GridError(f"--parallel={args.parallel}: must be >= 1")
@@ -607,10 +656,10 @@ def main(argv: list[str] | None = None) -> int:
                 except ConfigError as e:
                     raise GridError(f"point #{p.index} ({p.label()}) with tasks_per_node={prof.tasks_per_node}: "
                                     f"{e}") from None
-        try:
-            only = {int(i) for i in args.only.split(",") if i.strip()}
-        except ValueError:
-            raise GridError(f"--only {args.only!r}: must be point indices like 0,3,7") from None
+        parts = [i.strip() for i in args.only.split(",") if i.strip()]
+        if not all(i.isascii() and i.isdigit() for i in parts):  # int() would take '٣' or '1_0'
+            raise GridError(f"--only {args.only!r}: must be point indices like 0,3,7")
+        only = {int(i) for i in parts}
         if only - {p.index for p in points}:
             raise GridError(f"--only: no point(s) {sorted(only - {p.index for p in points})}; the grid has "
                             f"#0..#{len(points) - 1}")
