@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 from analysis import io as aio  # noqa: E402
 from analysis import report as rep  # noqa: E402
 from analysis.stats import Settings, analyse  # noqa: E402
+from drift.rundir import RunDir  # noqa: E402
 
 DEFAULT_BASELINES = ["flow_grpo_kl", "flow_grpo"]
 
@@ -214,8 +215,8 @@ def input_runs(ds: aio.Dataset) -> list[dict]:
     for r in ds.runs.to_dict("records"):
         rid = r.get("mlflow_run_id") if isinstance(r.get("mlflow_run_id"), str) else None
         rd = r.get("run_dir") if isinstance(r.get("run_dir"), str) else None
-        if rid is None and rd and os.path.exists(os.path.join(rd, "mlflow_run.json")):
-            with open(os.path.join(rd, "mlflow_run.json")) as f:
+        if rid is None and rd and os.path.exists(RunDir(rd).mlflow_state):
+            with open(RunDir(rd).mlflow_state) as f:
                 rid = json.load(f).get("run_id")
         out.append({"run": r["run"], "method": r["method"], "seed": int(r["seed"]), "run_dir": rd, "mlflow_run_id": rid})
     return out
