@@ -142,7 +142,9 @@ def test_a_sweep_point_logs_cli_names_tags_every_grid_and_heartbeats(tmp_path, c
     assert tags["code_hash"] == code_state()["code_hash"] == tags["submitted_code_hash"]
     assert tags["git_sha"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"eval_000000.png", "eval_000001.png", "eval_000002.png", "final_eval.json", "config.json"} <= arts
+    assert {"final_eval.json", "config.json", "samples"} <= arts
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {"samples/eval_000000.png", "samples/eval_000001.png", "samples/eval_000002.png"} <= grids
 
     overrides = [f"{k}={v}" for k, v in sweep.expand(sweep.load("smoke"), extra=dict(s.split("=") for s in small),
                                                      common={"experiment": "smoke", "out": str(tmp_path), "threads": 1,

@@ -267,7 +267,11 @@ def test_two_processes_on_the_tiny_sd3_pipeline(two_proc, sd3_models, tmp_path, 
     rd1 = run_dir(items1)
     assert [r["step"] for r in rows(rd2)] == [0, 1, 2]
     assert_rows_close(rows(rd1), rows(rd2))
-    assert_weights_close(weights(rd1, 2), weights(rd2, 2))
+    # Tensors: 3e-4 relative norm. The LoRA-B tensors of the tiny SD3 transformer are small after 2 Adam steps,
+    # and Adam turns float-order differences of near-zero gradient elements into visible ones: at d11a0a1
+    # this very test measured 1.04e-4 here (ema/...attn2.to_out.0.lora_B) against its old 1e-4 bound, so that
+    # bound had no margin on other CPUs. The metrics (above) keep 1e-4; the shapes-world test keeps 1e-4.
+    assert_weights_close(weights(rd1, 2), weights(rd2, 2), rtol=3e-4)
     assert any(float(v.abs().sum()) > 0 for k, v in weights(rd2, 2).items() if "lora_B" in k)  # training moved it
 
 

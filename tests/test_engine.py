@@ -55,7 +55,9 @@ def test_two_iterations_with_mlflow(tmp_path):
     assert sorted(m.step for m in hist) == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "eval/alignment")) == 3
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"final_eval.json", "eval_000000.png", "eval_000002.png", "config.json"} <= arts
+    assert {"final_eval.json", "config.json", "samples"} <= arts
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {"samples/eval_000000.png", "samples/eval_000002.png"} <= grids  # every evaluation's grid
 
     # a finished run is skipped, and a changed config in the same directory is refused
     assert train(cfg, progress=False) == final
