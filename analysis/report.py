@@ -294,7 +294,7 @@ def pareto_axes(res: dict, points: pd.DataFrame, label_col: str, base: tuple | N
     seeds = "/".join(map(str, n_seeds))
     handles.append(Patch(facecolor="0.6", alpha=0.3, edgecolor="0.3", ls="--",
                          label=f"shaded: {ci:.0%} bootstrap band of the front\n(runs resampled within each config, "
-                               f"{seeds} seeds{f', {n_boot} resamples' if n_boot else ''})"))
+                               f"{seeds} seed{'s' if n_seeds != [1] else ''}{f', {n_boot} resamples' if n_boot else ''})"))
     handles.append(Line2D([], [], marker="o", ls="", color="0.5", alpha=0.35, ms=4,
                           label="dots: every evaluation of every run"))
     if any(h.get_label().startswith("    ") for h in handles):
