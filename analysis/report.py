@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -380,6 +381,7 @@ def curves_axes(points: pd.DataFrame, variants: dict[str, str], keys: tuple[str,
                 style.axis_label(ax, key, "y")
             if row == 1:
                 ax.set_xlabel("iteration")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     seeds = "/".join(map(str, sorted(n_seeds))) or "?"
     fig.suptitle(f"Evaluation metrics vs iteration: line = mean over seeds (n = {seeds}), band = ± 1 standard error",
                  fontsize=10)

@@ -239,7 +239,7 @@ def test_wrong_or_missing_credentials_stop_before_any_work(server, tmp_path, mon
 
     # credentials inside a URI are refused before anything is written, and not repeated
     leaky = server.uri.replace("http://", f"http://{server.user}:{server.password}@")
-    r = subprocess.run(SWEEP + ["--grid", "smoke", "--dry-run", "--tracking-uri", leaky], cwd=ROOT,
+    r = subprocess.run(SWEEP + ["--grid", "smoke", "--executor", "local", "--dry-run", "--tracking-uri", leaky], cwd=ROOT,
                        env=server.client_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "holds credentials" in r.stderr, r.stdout + r.stderr
     assert server.password not in r.stdout + r.stderr
