@@ -783,7 +783,6 @@ def test_changed_config_method_or_code_is_refused_unless_allowed(tmp_path):
 def test_nonfinite_rewards_are_excluded_counted_and_named(tmp_path, monkeypatch):
     """A whole group NaN and one Inf sample at iteration 1: advantage exactly 0 for them, finite
     advantages and loss elsewhere, reward/nonfinite_frac = 5/8, one warning naming each prompt."""
-    import drift.train as T
     from drift.worlds.shapes.backend import ShapesWorld
 
     o = over(tmp_path, train__iterations=2, eval__every=10)
@@ -802,7 +801,9 @@ def test_nonfinite_rewards_are_excluded_counted_and_named(tmp_path, monkeypatch)
         return out
 
     advs = []
-    real_loss = T.ppo_clip_loss
+    import drift.ppo as ppo_module  # the PPO update (drift/ppo.py) is where the engine calls the loss
+
+    real_loss = ppo_module.ppo_clip_loss
 
     def loss(adv, lp, old, clip):
         out = real_loss(adv, lp, old, clip)
@@ -812,7 +813,7 @@ def test_nonfinite_rewards_are_excluded_counted_and_named(tmp_path, monkeypatch)
         return out
 
     monkeypatch.setattr(ShapesWorld, "reward", reward)
-    monkeypatch.setattr(T, "ppo_clip_loss", loss)
+    monkeypatch.setattr(ppo_module, "ppo_clip_loss", loss)
     hook = lambda phase, it: now.update(it=it) if phase == "reward" else None  # noqa: E731
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
