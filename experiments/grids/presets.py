@@ -104,3 +104,17 @@ SHAPES_FAST: dict = {
     "eval.grid_prompts": 8,
     "checkpoint_every": 4,
 }
+
+# Candidate budget of the judging grids on the shapes world (the calibrate grid measures its seed noise):
+# 30 iterations of 4 prompts x 8 samples (the run defaults; Flow-GRPO's diversity collapse is well under way by
+# then while its images still hold), evaluated at iterations 0/10/20/30 on all 29 held-out prompts x 8 fixed noises.
+# About 6.5 min per run with one thread on the 2-core dev machine (37-52 s per evaluation).
+SHAPES_JUDGE: dict = {
+    "train.iterations": 30,
+    "sample.groups_per_iter": 4,
+    "eval.every": 10,
+    "eval.num_prompts": 29,
+    "eval.seeds": 8,
+    "eval.grid_prompts": 8,
+    "checkpoint_every": 5,
+}
