@@ -39,8 +39,8 @@ from drift.rundir import RunDir  # noqa: E402
 DEFAULT_BASELINES = ["flow_grpo_kl", "flow_grpo"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_args(ap: argparse.ArgumentParser) -> None:
+    """The input options (where the runs are, which metrics, which seeds), shared with analysis/calibrate.py."""
     g = ap.add_argument_group("input")
     g.add_argument("--source", choices=("runs", "mlflow", "csv"), default=None,
                    help="where points come from (default: csv if --csv is given, else run directories)")
@@ -62,6 +62,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "network no method trains on, where every run logged it; else eval/diversity, with a note)")
     g.add_argument("--seeds", default=None,
                    help="analyse only these seeds, e.g. 0,1,2,3 or 0-7 (default: every seed that ran)")
+
+
+def check_input_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Validate and normalise the input options (``add_input_args``) in place; ``ap.error`` on a bad value."""
+    if a.seeds is not None:
+        try:
+            a.seeds = parse_seeds(a.seeds)
+        except ValueError as e:
+            ap.error(f"--seeds={a.seeds!r}: {e}")
+    a.source = a.source or ("csv" if a.csv else "runs")
+    if a.source == "csv" and not a.csv:
+        ap.error("--source csv needs --csv PATH")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(ap)
     g = ap.add_argument_group("definitions")
     g.add_argument("--baseline", nargs="+", default=DEFAULT_BASELINES,
                    help="baseline method(s) the gains are computed against (default: %(default)s)")
@@ -95,14 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--bootstrap={a.bootstrap}: must be >= 0")
     if not 0 < a.ci < 1:
         ap.error(f"--ci={a.ci}: must be in (0, 1)")
-    if a.seeds is not None:
-        try:
-            a.seeds = parse_seeds(a.seeds)
-        except ValueError as e:
-            ap.error(f"--seeds={a.seeds!r}: {e}")
-    a.source = a.source or ("csv" if a.csv else "runs")
-    if a.source == "csv" and not a.csv:
-        ap.error("--source csv needs --csv PATH")
+    check_input_args(ap, a)
     return a
 
 
@@ -360,8 +370,8 @@ def run(a: argparse.Namespace) -> dict:
 
     abl = None
     if abl_labels:
-        ap = pts[pts["run"].isin(abl_labels) | (pts["method"] == "flow_grpo")]
-        ap = ap.assign(label=ap["run"].map(abl_labels).fillna(ap["method"]))
+        ap = pts[pts["run"].isin(abl_labels) | (pts["arm"] == "flow_grpo")]
+        ap = ap.assign(label=ap["run"].map(abl_labels).fillna(ap["arm"]))
         ref_lab = "flow_grpo" if (ap["label"] == "flow_grpo").any() else None
         apairs = [(lab, ref_lab) for lab in sorted(ap["label"].unique()) if ref_lab and lab != ref_lab]
         abl = analyse(ap, "label", apairs, Settings(**{**st.__dict__, "seed": a.seed + 1}),
