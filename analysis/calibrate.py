@@ -11,7 +11,7 @@ t-interval; and for every row the seeds per arm n = ceil((z_.975 + z_.8)^2 sigma
 two-sided 5%; analysis/paired.seeds_needed) for effects delta of 3%, 5% and 10% of the mean (of the second arm's
 mean for a paired difference; 3, 5 and 10 points for a front gain, which is already relative).
 Writes calibration.md and calibration.json to --out (default <runs>/<grid>/analysis/). Definitions:
-docs/analysis.md §10.
+docs/analysis.md §12.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def tables(c: dict) -> list[Table]:
     t3 = Table(f"Per-seed paired front gains of {name(a)} over {name(b)}",
                ["Diversity measure", "Gain", "Seeds", "Mean", f"{lvl}% t-CI (points)", "Per-seed SD",
                 *[f"n for δ={int(round(100 * d))} points" for d in c["deltas"]]], rows,
-               ["Each seed's fronts from its evaluation steps after step 0 (docs/analysis.md §9); δ in percentage points "
+               ["Each seed's fronts from its evaluation steps after step 0 (docs/analysis.md §11); δ in percentage points "
                 "of the gain, σ its per-seed SD."])
     return [t1, t2, t3]
 

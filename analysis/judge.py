@@ -1,5 +1,5 @@
 """The judging statistics: per-seed paired gains (the primary statistic), a two-way bootstrap over seeds and
-evaluation prompts, and the controls that say whether the budget can judge at all (docs/analysis.md §9).
+evaluation prompts, and the controls that say whether the budget can judge at all (docs/analysis.md §11).
 
 Per-seed paired gain of method M over baseline B on one diversity measure: for every seed s that both ran,
 M's front F_M(s) is built from the points of M's runs with seed s (all its knob values and evaluation steps),

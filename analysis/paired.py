@@ -1,5 +1,5 @@
 """Pure statistics over seeds: t-intervals, seed sizing, the smallest resolvable gain, equal points per front,
-the A/A seed split and the prompt/seed resampling weights (docs/analysis.md §9 has the same formulas).
+the A/A seed split and the prompt/seed resampling weights (docs/analysis.md §11 has the same formulas).
 
 Nothing here reads files or prints; an undefined quantity is None (or NaN in arrays).
 """

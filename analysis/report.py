@@ -625,6 +625,6 @@ def judge_md(j: dict) -> str:
     """Controls first, then the per-seed paired gains on every measure."""
     out = [controls_md(j), "Per-seed paired gain: for each seed both arms ran, each arm's front from that seed's runs "
            "(every knob value and evaluation step), both cut to the same number of points (evenly spaced alignment "
-           "ranks); the mean gain over the fronts' overlap; mean and t-interval over seeds (docs/analysis.md §9).", ""]
+           "ranks); the mean gain over the fronts' overlap; mean and t-interval over seeds (docs/analysis.md §11).", ""]
     out += [t.md() for t in paired_tables(j)]
     return "\n".join(out)
