@@ -7,6 +7,13 @@ bootstrap CIs, the ablation table, figures and a report; everything also logged 
     python analysis/frontier.py --source mlflow --mlflow-uri sqlite:///runs/mlflow.db --experiment pareto
     python analysis/frontier.py --interp linear --baseline flow_grpo --bootstrap 2000
 
+    python analysis/frontier.py --grid pareto --seeds 0-7     # only these seeds (any that ran)
+
+gains.md and report.md open with the controls (A/A, positive control, power check, smallest resolvable gain)
+and the per-seed paired gains on every diversity measure (the primary statistic; analysis/judge.py), then the
+pooled fronts' tables. The diversity axis is eval/diversity/heldout where every run logged it, else
+eval/diversity (--diversity-key auto). Fronts are per grid arm (sweep.json's 'arm'), else per method.
+
 Writes to --out (default <runs>/<experiment>/analysis/): pareto.png/.pdf, curves.png, samples_matched.png,
 gains.json/.md/.tex, ablation.md/.tex (+ ablation_pareto.png/.pdf) when DRIFT ablation variants are
 present, report.md. Definitions: docs/analysis.md. Runs that crashed, lack their final evaluation or

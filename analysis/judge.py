@@ -71,7 +71,9 @@ def measure_column(points: pd.DataFrame, key: str, dkey: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 def seed_gain(pm: np.ndarray, pb: np.ndarray, matched: str, interp: str, n_levels: int) -> float:
     """g_s: the mean gain at equal ``matched`` of the front of points ``pm`` (k_M, 2) over that of ``pb``,
-    both cut to n = min(k_M, k_B) points by ``paired.equal_points``; NaN when undefined (no overlap)."""
+    both cut to n = min(k_M, k_B) points by ``paired.equal_points``; NaN when undefined (no overlap). Points with
+    a non-finite coordinate (a prompt draw of a per-prompt NaN) are left out first."""
+    pm, pb = pm[np.isfinite(pm).all(axis=1)], pb[np.isfinite(pb).all(axis=1)]
     n = min(len(pm), len(pb))
     if n == 0:
         return float("nan")

@@ -79,6 +79,27 @@ def test_seed_gain_of_a_scaled_front_is_exact():
     more = np.concatenate([base, [[0.55, 0.1], [0.65, 0.1]]])
     assert J.seed_gain(base, more, "alignment", "staircase", 21) == pytest.approx(0.0)
     assert np.isnan(J.seed_gain(base, base + [1.0, 0.0], "alignment", "staircase", 21))  # no overlap
+    # a point made non-finite by a per-prompt NaN is left out, not an error
+    assert J.seed_gain(np.vstack([scaled, [np.nan, 0.5]]), base, "alignment", "staircase", 21) == pytest.approx(0.2)
+
+
+def test_per_prompt_reader_and_images(tmp_path):
+    rd = str(tmp_path)
+    os.makedirs(os.path.join(rd, "evals"))
+    path = aio.per_prompt_path(rd, 30)
+    assert path == os.path.join(rd, "evals", "per_prompt_000030.json")
+    json.dump({"step": 30, "prompts": ["a", "b"], "metrics": {"eval/alignment": [1.0, 2.0]}}, open(path, "w"))
+    pp = aio.read_per_prompt(rd, 30)
+    assert pp["prompts"] == ["a", "b"] and pp["metrics"]["eval/alignment"].tolist() == [1.0, 2.0]
+    json.dump({"step": 30, "prompts": ["a", "b"], "metrics": {"eval/alignment": [1.0]}}, open(path, "w"))
+    assert aio.read_per_prompt(rd, 30) is None  # a list that does not match the prompts
+    assert aio.read_per_prompt(rd, 20) is None and aio.read_per_prompt(None, 30) is None
+    assert aio.images_per_iteration(8, 4, 2) == 64
+    n, why = aio.run_images_per_iteration({"sample.group_size": 8, "sample.groups_per_iter": 4, "options.subset": "none",
+                                           "options.oversample": 2}, "drift")
+    assert (n, why) == (32, None)  # DRIFT without a subset rule samples no extra candidates
+    n, why = aio.run_images_per_iteration({}, "no_such_method")
+    assert n is None and "oversampling is unknown" in why
 
 
 # ================================================================================================
