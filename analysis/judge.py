@@ -69,17 +69,32 @@ def measure_column(points: pd.DataFrame, key: str, dkey: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Per-seed fronts and gains
 # ------------------------------------------------------------------------------------------------
+def finite(p: np.ndarray) -> np.ndarray:
+    """The rows of (k, 2) points with both coordinates finite (a prompt draw of a per-prompt NaN drops a point)."""
+    return p[np.isfinite(p).all(axis=1)]
+
+
+def cut_front(p: np.ndarray, n: int) -> np.ndarray:
+    """The front of ``n`` of the finite points ``p``, chosen by ``paired.equal_points``."""
+    p = p[P.equal_points(p, n)]
+    return F.pareto_front(p[:, 0], p[:, 1])
+
+
+def front_gain(fm: np.ndarray, fb: np.ndarray, matched: str, interp: str, n_levels: int) -> float:
+    """The mean gain at equal ``matched`` of front ``fm`` over ``fb`` (``fronts.gain_at_equal``); NaN if undefined."""
+    if len(fm) == 0 or len(fb) == 0:
+        return float("nan")
+    g = F.gain_at_equal(fm, fb, matched, interp, n_levels)
+    return g.mean if g.defined else float("nan")
+
+
 def seed_gain(pm: np.ndarray, pb: np.ndarray, matched: str, interp: str, n_levels: int) -> float:
     """g_s: the mean gain at equal ``matched`` of the front of points ``pm`` (k_M, 2) over that of ``pb``,
     both cut to n = min(k_M, k_B) points by ``paired.equal_points``; NaN when undefined (no overlap). Points with
-    a non-finite coordinate (a prompt draw of a per-prompt NaN) are left out first."""
-    pm, pb = pm[np.isfinite(pm).all(axis=1)], pb[np.isfinite(pb).all(axis=1)]
+    a non-finite coordinate are left out first."""
+    pm, pb = finite(pm), finite(pb)
     n = min(len(pm), len(pb))
-    if n == 0:
-        return float("nan")
-    pm, pb = pm[P.equal_points(pm, n)], pb[P.equal_points(pb, n)]
-    g = F.gain_at_equal(F.pareto_front(pm[:, 0], pm[:, 1]), F.pareto_front(pb[:, 0], pb[:, 1]), matched, interp, n_levels)
-    return g.mean if g.defined else float("nan")
+    return front_gain(cut_front(pm, n), cut_front(pb, n), matched, interp, n_levels) if n else float("nan")
 
 
 class SeedPoints:
@@ -140,22 +155,42 @@ def prompt_matrices(points: pd.DataFrame, keys: list[str]) -> tuple[dict[str, np
     return {k: np.asarray(v, dtype=float) for k, v in mats.items()}, prompts or [], ""
 
 
-def bootstrap_two_way(sp: SeedPoints, m: str, b: str, seeds: list[int], amat: np.ndarray, dmat: np.ndarray,
-                      s: JudgeSettings, rng: np.random.Generator) -> dict[str, list[float]]:
-    """Resampled mean per-seed gains, seeds AND prompts drawn with replacement, paired across arms (one seed
-    draw and one prompt draw serve both fronts): each point becomes its mean over the drawn prompts,
-    a = A c / sum c, d = D c / sum c (``paired.weighted_mean``), the per-seed gains are recomputed and averaged
-    over the drawn seeds (counted as often as drawn; undefined ones left out)."""
-    out: dict[str, list[float]] = {name: [] for name, _ in MATCHED}
-    for _ in range(s.n_boot):
-        cs, cp = P.draw_counts(len(seeds), rng), P.draw_counts(amat.shape[1], rng)
+def bootstrap_two_way(sp: SeedPoints, pairs: list[tuple[str, str, list[int]]], amat: np.ndarray, dmat: np.ndarray,
+                      s: JudgeSettings, rng: np.random.Generator, progress: bool = False) -> list[dict[str, list[float]]]:
+    """Resampled mean per-seed gains of every pair (method, baseline, its seeds), seeds AND prompts drawn with
+    replacement, one draw of each per resample for every arm (paired): the seeds are drawn over the union of the
+    pairs' seeds, each pair using the draws of its own; each point becomes its mean over the drawn prompts,
+    a = A c / sum c, d = D c / sum c (``paired.weighted_mean``); the per-seed gains are recomputed and averaged
+    over the drawn seeds (counted as often as drawn; undefined ones left out). One list of resampled values per
+    gain and pair."""
+    outs: list[dict[str, list[float]]] = [{name: [] for name, _ in MATCHED} for _ in pairs]
+    union = sorted({x for _, _, seeds in pairs for x in seeds})
+    for _ in tqdm(range(s.n_boot), desc="bootstrap (seeds x prompts)", delay=1.0, disable=not progress, leave=False):
+        count = dict(zip(union, P.draw_counts(len(union), rng).tolist()))
+        cp = P.draw_counts(amat.shape[1], rng)
         xy = np.stack([P.weighted_mean(amat, cp), P.weighted_mean(dmat, cp)], axis=1)
-        for name, matched in MATCHED:
-            g = np.array([seed_gain(sp.get(m, x, xy), sp.get(b, x, xy), matched, s.interp, s.n_levels) if c else np.nan
-                          for x, c in zip(seeds, cs)])
-            ok = np.isfinite(g) & (cs > 0)
-            out[name].append(float((g[ok] * cs[ok]).sum() / cs[ok].sum()) if ok.any() else np.nan)
-    return out
+        pts: dict[tuple[str, int], np.ndarray] = {}
+        fronts: dict[tuple[str, int, int], np.ndarray] = {}
+
+        def front(lab: str, x: int, n: int) -> np.ndarray:
+            if (lab, x, n) not in fronts:
+                fronts[(lab, x, n)] = cut_front(pts[(lab, x)], n)
+            return fronts[(lab, x, n)]
+        for (m, b, seeds), out in zip(pairs, outs):
+            drawn = [x for x in seeds if count[x]]
+            for lab in (m, b):
+                for x in drawn:
+                    if (lab, x) not in pts:
+                        pts[(lab, x)] = finite(sp.get(lab, x, xy))
+            ns = {x: min(len(pts[(m, x)]), len(pts[(b, x)])) for x in drawn}
+            for name, matched in MATCHED:
+                tot = wsum = 0.0
+                for x in drawn:
+                    g = front_gain(front(m, x, ns[x]), front(b, x, ns[x]), matched, s.interp, s.n_levels) if ns[x] else np.nan
+                    if np.isfinite(g):
+                        tot, wsum = tot + count[x] * g, wsum + count[x]
+                out[name].append(tot / wsum if wsum else np.nan)
+    return outs
 
 
 def bootstrap_seeds(values: list, n_boot: int, rng: np.random.Generator) -> list[float]:
@@ -241,13 +276,14 @@ def judge(points: pd.DataFrame, finals: pd.DataFrame, runs: pd.DataFrame, pairs:
                                                       "across arms"} if mats else
                         {"kind": "seeds", "detail": f"seeds only (per-prompt metrics unavailable: {why})"})
     todo = [e for e in res["pairs"] if len(e["measures"][s.dkey]["seeds"]) >= 2]
-    for e in tqdm(todo, desc="bootstrap (per-seed gains)", delay=1.0, disable=not progress, leave=False):
+    if mats:
+        all_samples = bootstrap_two_way(primary, [(e["method"], e["baseline"], e["measures"][s.dkey]["seeds"]) for e in todo],
+                                        mats[s.akey], mats[s.dkey], s, rng, progress)
+    else:
+        all_samples = [{name: bootstrap_seeds(e["measures"][s.dkey][name]["per_seed"], s.n_boot, rng)
+                        for name, _ in MATCHED} for e in todo]
+    for e, samples in zip(todo, all_samples):
         pg = e["measures"][s.dkey]
-        if mats:
-            samples = bootstrap_two_way(primary, e["method"], e["baseline"], pg["seeds"], mats[s.akey], mats[s.dkey], s,
-                                        rng)
-        else:
-            samples = {name: bootstrap_seeds(pg[name]["per_seed"], s.n_boot, rng) for name, _ in MATCHED}
         for name, _ in MATCHED:
             ci = F.percentile_ci(np.asarray(samples[name]), s.ci) if pg[name]["t"]["mean"] is not None else None
             pg[name]["bootstrap_ci"] = list(ci) if ci else None
