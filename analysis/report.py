@@ -577,7 +577,8 @@ def controls_md(j: dict) -> str:
         out.append(f"(d) Smallest resolvable gain: {fmt_pct(r['gain'])} (the half-width t·sd_AA/√n of a per-seed paired "
                    f"interval with n = {r['n_seeds']} seeds, sd_AA = {100 * r['sd_aa']:.2f}% the per-pair SD of the "
                    f"{name(r['arm'])} A/A gain); found with 80% power: {fmt_pct(r['gain_80_power'])}. A gain smaller "
-                   "than this is not resolved at this budget.\n")
+                   f"than this is not resolved at this budget. (The A/A interval itself, over "
+                   f"{r['n_seeds'] // 2} pairs, has half-width {fmt_pct(r['aa_half_width'])}.)\n")
     else:
         out.append("(d) Smallest resolvable gain: unknown (the A/A control did not run or its interval is undefined).\n")
     if neg["status"] != "not run" and len(neg["all_arms"]) > 1:
@@ -616,6 +617,12 @@ def paired_tables(j: dict) -> list[Table]:
                     if und:
                         notes.append(f"{name(e['method'])} vs {name(e['baseline'])}: {gname.replace('_', ' ')} undefined "
                                      f"(no overlap) for seed(s) {und}; left out of the mean")
+        else:
+            und = sum(len(e["measures"][k][g]["undefined_seeds"]) for e in j["pairs"]
+                      for g in ("diversity_gain_at_equal_alignment", "alignment_gain_at_equal_diversity"))
+            if und:
+                notes.append(f"{und} (pair, gain, seed) cases undefined on this measure (the seed's fronts do not "
+                             f"overlap); left out of the means; {DASH} = undefined for every seed")
         title = f"Per-seed paired gains, diversity = `{k}`" + (" (primary)" if primary else "")
         tables.append(Table(title, hdr, rows, notes))
     return tables
