@@ -574,11 +574,11 @@ def controls_md(j: dict) -> str:
     out.append(t.md())
     r = c.get("resolvable")
     if r and r.get("gain") is not None:
-        out.append(f"(d) Smallest resolvable gain: {fmt_pct(r['gain'])} (the half-width t·sd_AA/√n of a per-seed paired "
+        out.append(f"(d) Smallest resolvable gain: {fmt_share(r['gain'])} (the half-width t·sd_AA/√n of a per-seed paired "
                    f"interval with n = {r['n_seeds']} seeds, sd_AA = {100 * r['sd_aa']:.2f}% the per-pair SD of the "
-                   f"{name(r['arm'])} A/A gain); found with 80% power: {fmt_pct(r['gain_80_power'])}. A gain smaller "
+                   f"{name(r['arm'])} A/A gain); found with 80% power: {fmt_share(r['gain_80_power'])}. A gain smaller "
                    f"than this is not resolved at this budget. (The A/A interval itself, over "
-                   f"{r['n_seeds'] // 2} pairs, has half-width {fmt_pct(r['aa_half_width'])}.)\n")
+                   f"{r['n_seeds'] // 2} pairs, has half-width {fmt_share(r['aa_half_width'])}.)\n")
     else:
         out.append("(d) Smallest resolvable gain: unknown (the A/A control did not run or its interval is undefined).\n")
     if neg["status"] != "not run" and len(neg["all_arms"]) > 1:
