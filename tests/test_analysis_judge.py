@@ -279,5 +279,7 @@ def test_calibration_table(tmp_path, capsys):
     assert c["gains"]["eval/diversity/heldout"]["diversity_gain_at_equal_alignment"]["n"] == 4
     md = (out / "calibration.md").read_text()
     assert "Paired by seed: final Flow-GRPO − Flow-GRPO+KL" in md and "n for δ=5%" in md
+    assert C.main(["--runs-dir", root, "--grid", "calibrate", "--seeds", "20-22", "--out", str(out)]) == 0
+    assert json.load(open(out / "calibration.json"))["paired"]["eval/alignment"]["seeds"] == [20, 21, 22]
     assert C.main(["--runs-dir", root, "--grid", "calibrate", "--arms", "flow_grpo", "drift", "--out", str(out)]) == 2
     assert "arm(s) ['drift'] not in" in capsys.readouterr().err
