@@ -7,6 +7,13 @@ bootstrap CIs, the ablation table, figures and a report; everything also logged 
     python analysis/frontier.py --source mlflow --mlflow-uri sqlite:///runs/mlflow.db --experiment pareto
     python analysis/frontier.py --interp linear --baseline flow_grpo --bootstrap 2000
 
+    python analysis/frontier.py --grid pareto --seeds 0-7     # only these seeds (any that ran)
+
+gains.md and report.md open with the controls (A/A, positive control, power check, smallest resolvable gain)
+and the per-seed paired gains on every diversity measure (the primary statistic; analysis/judge.py), then the
+pooled fronts' tables. The diversity axis is eval/diversity/heldout where every run logged it, else
+eval/diversity (--diversity-key auto). Fronts are per grid arm (sweep.json's 'arm'), else per method.
+
 Writes to --out (default <runs>/<experiment>/analysis/): pareto.png/.pdf, curves.png, samples_matched.png,
 gains.json/.md/.tex, ablation.md/.tex (+ ablation_pareto.png/.pdf) when DRIFT ablation variants are
 present, report.md. Definitions: docs/analysis.md. Runs that crashed, lack their final evaluation or
@@ -31,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import io as aio  # noqa: E402
+from analysis import judge  # noqa: E402
 from analysis import report as rep  # noqa: E402
 from analysis.stats import Settings, analyse  # noqa: E402
 from drift.rundir import RunDir  # noqa: E402
@@ -38,8 +46,8 @@ from drift.rundir import RunDir  # noqa: E402
 DEFAULT_BASELINES = ["flow_grpo_kl", "flow_grpo"]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_args(ap: argparse.ArgumentParser) -> None:
+    """The input options (where the runs are, which metrics, which seeds), shared with analysis/calibrate.py."""
     g = ap.add_argument_group("input")
     g.add_argument("--source", choices=("runs", "mlflow", "csv"), default=None,
                    help="where points come from (default: csv if --csv is given, else run directories)")
@@ -56,7 +64,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MLflow tracking URI to read (--source mlflow) and to log the analysis run to "
                         "(default: $MLFLOW_TRACKING_URI, else sqlite:///<runs-dir>/mlflow.db, or next to the --csv file)")
     g.add_argument("--alignment-key", default="eval/alignment", help="metric on the alignment axis (default: %(default)s)")
-    g.add_argument("--diversity-key", default="eval/diversity", help="metric on the diversity axis (default: %(default)s)")
+    g.add_argument("--diversity-key", default="auto",
+                   help="metric on the diversity axis (default: auto = eval/diversity/heldout, the held-out feature "
+                        "network no method trains on, where every run logged it; else eval/diversity, with a note)")
+    g.add_argument("--seeds", default=None,
+                   help="analyse only these seeds, e.g. 0,1,2,3 or 0-7 (default: every seed that ran)")
+
+
+def check_input_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Validate and normalise the input options (``add_input_args``) in place; ``ap.error`` on a bad value."""
+    if a.seeds is not None:
+        try:
+            a.seeds = parse_seeds(a.seeds)
+        except ValueError as e:
+            ap.error(f"--seeds={a.seeds!r}: {e}")
+    a.source = a.source or ("csv" if a.csv else "runs")
+    if a.source == "csv" and not a.csv:
+        ap.error("--source csv needs --csv PATH")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(ap)
     g = ap.add_argument_group("definitions")
     g.add_argument("--baseline", nargs="+", default=DEFAULT_BASELINES,
                    help="baseline method(s) the gains are computed against (default: %(default)s)")
@@ -90,16 +119,74 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--bootstrap={a.bootstrap}: must be >= 0")
     if not 0 < a.ci < 1:
         ap.error(f"--ci={a.ci}: must be in (0, 1)")
-    a.source = a.source or ("csv" if a.csv else "runs")
-    if a.source == "csv" and not a.csv:
-        ap.error("--source csv needs --csv PATH")
+    check_input_args(ap, a)
     return a
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' / '0-7' / '0-3,10' -> sorted distinct seeds; ValueError naming the bad item."""
+    out: set[int] = set()
+    for item in (x.strip() for x in str(text).split(",")):
+        m = re.fullmatch(r"(-?[0-9]+)(?:-([0-9]+))?", item)
+        if not m:
+            raise ValueError(f"{item!r} is not a seed or a range lo-hi of seeds")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo:
+            raise ValueError(f"range {item!r} is empty")
+        out.update(range(lo, hi + 1))
+    return sorted(out)
+
+
+def select_seeds(ds: aio.Dataset, seeds: list[int]) -> None:
+    """Keep only the runs of ``seeds`` (in place); an error naming the seeds that exist when none is left, a
+    warning for each requested seed that did not run. Exclusions of runs of other seeds are dropped too."""
+    have = sorted({int(x) for x in ds.runs["seed"]})
+    keep = [x for x in seeds if x in have]
+    if not keep:
+        raise aio.AnalysisInputError(f"--seeds {seeds}: none of them ran in {ds.source}; seeds there: {have}")
+    missing = [x for x in seeds if x not in have]
+    if missing:
+        ds.warn(f"--seeds: seed(s) {missing} have no kept run; analysing seeds {keep}")
+    ds.points = ds.points[ds.points["seed"].isin(keep)].reset_index(drop=True)
+    ds.runs = ds.runs[ds.runs["seed"].isin(keep)].reset_index(drop=True)
+
+    def ours(run: str) -> bool:
+        m = re.search(r"seed(-?[0-9]+)$", str(run))
+        return m is None or int(m.group(1)) in keep
+    ds.exclusions = [e for e in ds.exclusions if ours(e["run"])]
+    ds.dropped_points = [d for d in ds.dropped_points if ours(d["run"])]
+
+
+def resolve_diversity(ds: aio.Dataset, a: argparse.Namespace) -> None:
+    """--diversity-key auto: make eval/diversity/heldout the diversity axis when every point has it (the loaded
+    eval/diversity moves to its own column), else keep eval/diversity and say so."""
+    if a.diversity_key != "auto":
+        return
+    a.diversity_key = judge.FALLBACK_DIVERSITY
+    key = judge.PRIMARY_DIVERSITY
+    vals = pd.to_numeric(ds.points[key], errors="coerce") if key in ds.points.columns else None
+    if vals is None or not np.isfinite(vals).all():
+        lacking = sorted(set(ds.points["run"]) if vals is None else set(ds.points.loc[~np.isfinite(vals), "run"]))
+        ds.warn(f"primary diversity {key!r} missing in {len(lacking)} run(s) (e.g. {lacking[:3]}): the diversity axis "
+                f"falls back to {judge.FALLBACK_DIVERSITY!r}, the feature network the shaping methods' bonuses use")
+        return
+    ds.points = ds.points.assign(**{judge.FALLBACK_DIVERSITY: ds.points["diversity"]}).drop(columns=[key])
+    ds.points["diversity"] = vals.to_numpy(float)
+    a.diversity_key = key
 
 
 # ------------------------------------------------------------------------------------------------
 def load(a: argparse.Namespace) -> tuple[aio.Dataset, str | None, str]:
-    """(dataset, experiment name or None, default output folder)."""
-    ak, dk = a.alignment_key, a.diversity_key
+    """(dataset, experiment name or None, default output folder); --seeds and --diversity-key auto applied."""
+    ds, exp, out = _load(a)
+    if getattr(a, "seeds", None):
+        select_seeds(ds, a.seeds)
+    resolve_diversity(ds, a)
+    return ds, exp, out
+
+
+def _load(a: argparse.Namespace) -> tuple[aio.Dataset, str | None, str]:
+    ak, dk = a.alignment_key, (judge.FALLBACK_DIVERSITY if a.diversity_key == "auto" else a.diversity_key)
     if a.source == "csv":
         ds = aio.load_csv(a.csv, ak, dk)
         return ds, a.experiment, os.path.join(os.path.dirname(os.path.abspath(a.csv)), "analysis")
@@ -187,6 +274,27 @@ def headline_metrics(res: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def judge_metrics(j: dict) -> dict[str, float]:
+    """The per-seed paired gains (primary measure) and the controls' statistics as MLflow metrics."""
+    out = {}
+    for e in j["pairs"]:
+        pg = e["measures"][j["primary_measure"]]
+        for key in ("diversity_gain_at_equal_alignment", "alignment_gain_at_equal_diversity"):
+            v = pg[key]["t"]["mean"]
+            if v is not None:
+                out[mlflow_key(f"per_seed/{key}/{e['method']}_vs_{e['baseline']}/mean")] = v
+    c = j["controls"]
+    for name, stat in (("negative_aa", c["negative"]["all_arms"].get(c["negative"]["arm"] or "", {})
+                        .get("diversity_gain_at_equal_alignment", {}).get("t")),
+                       ("positive", c["positive"].get("diversity_gain_at_equal_alignment", {}).get("t")),
+                       ("power", c["power"].get("t"))):
+        if stat and stat.get("mean") is not None:
+            out[f"controls/{name}/mean"] = stat["mean"]
+    if (c.get("resolvable") or {}).get("gain") is not None:
+        out["controls/resolvable_gain"] = c["resolvable"]["gain"]
+    return out
+
+
 def log_to_mlflow(uri: str, experiment: str, artifact_root: str, out: str, params: dict, metrics: dict,
                   tags: dict) -> str:
     """One MLflow run named 'analysis' (tag kind=analysis) with params, headline metrics and every output file."""
@@ -242,7 +350,7 @@ def run(a: argparse.Namespace) -> dict:
     notes: list[str] = []
 
     # main analysis: label = method; with ablation variants present, 'drift' = the full-DRIFT runs only
-    main = pts.assign(label=pts["method"])
+    main = pts.assign(label=pts["arm"])
     if abl_labels:
         ablated = [r for r, lab in abl_labels.items() if not lab.startswith("DRIFT (full)")]
         main = main[~main["run"].isin(ablated)]
@@ -260,11 +368,17 @@ def run(a: argparse.Namespace) -> dict:
             ds.warn(f"{lab} has one seed per configuration: its statistics get no bootstrap CI")
     res = analyse(main, "label", pairs, st, progress=not a.no_progress, desc="bootstrap (methods)")
     flag_lost_points(res, ds)
+    add_images_per_iteration(res, main, ds)
+    finals = ds.points[ds.points["final"]]
+    if abl_labels:
+        finals = finals[~finals["run"].isin(ablated)]
+    js = judge.JudgeSettings(a.interp, a.levels, a.bootstrap, a.seed, a.ci, a.alignment_key, a.diversity_key)
+    jres = judge.judge(main, finals, ds.runs, pairs, js, progress=not a.no_progress)
 
     abl = None
     if abl_labels:
-        ap = pts[pts["run"].isin(abl_labels) | (pts["method"] == "flow_grpo")]
-        ap = ap.assign(label=ap["run"].map(abl_labels).fillna(ap["method"]))
+        ap = pts[pts["run"].isin(abl_labels) | (pts["arm"] == "flow_grpo")]
+        ap = ap.assign(label=ap["run"].map(abl_labels).fillna(ap["arm"]))
         ref_lab = "flow_grpo" if (ap["label"] == "flow_grpo").any() else None
         apairs = [(lab, ref_lab) for lab in sorted(ap["label"].unique()) if ref_lab and lab != ref_lab]
         abl = analyse(ap, "label", apairs, Settings(**{**st.__dict__, "seed": a.seed + 1}),
@@ -280,7 +394,7 @@ def run(a: argparse.Namespace) -> dict:
                                    "every evaluation step" + (" including step 0" if a.include_base else " after step 0"))}}
     keys = (a.alignment_key, a.diversity_key)
     files: dict[str, str | None] = {}
-    gmd, gtex = rep.gains_docs(res, meta)
+    gmd, gtex = rep.gains_docs(res, meta, jres)
     if not pairs:
         gmd += f"\nNo gains: none of the baselines {a.baseline} is in the analysed set.\n"
     if notes:
@@ -302,7 +416,7 @@ def run(a: argparse.Namespace) -> dict:
         _write(out, "ablation.tex", "% Generated by analysis/frontier.py; needs \\usepackage{booktabs,amssymb}\n" + t.tex())
         files["ablation_pareto"] = rep.pareto_figure(abl, ap, "label", base, a.interp, os.path.join(out, "ablation_pareto"),
                                                      keys, "Ablation fronts", ci=a.ci, n_boot=a.bootstrap)[0]
-    doc = {"meta": meta, "methods": res, "ablation": abl, "excluded_runs": excluded,
+    doc = {"meta": meta, "judge": jres, "methods": res, "ablation": abl, "excluded_runs": excluded,
            "exclusions": {"rules": aio.EXCLUSION_RULES, "runs": ds.exclusions, "dropped_points": ds.dropped_points},
            "warnings": ds.warnings,
            "matched_samples": {f"{k:.6g}": v for k, v in picks.items()}}
@@ -319,6 +433,7 @@ def run(a: argparse.Namespace) -> dict:
         params = {f"analysis.{k}": v for k, v in meta["settings"].items()}
         params["analysis.source"] = ds.source
         metrics = headline_metrics(res)
+        metrics.update(judge_metrics(jres))
         if abl:
             metrics.update(headline_metrics(abl, "ablation/"))
         try:
@@ -330,6 +445,24 @@ def run(a: argparse.Namespace) -> dict:
         except Exception as e:  # the outputs are written; say clearly that the MLflow copy is not
             doc["mlflow_error"] = f"logging to MLflow {uri} (experiment {mexp!r}) failed: {type(e).__name__}: {e}"
     return {"out": out, "doc": doc, "gains_md": gmd}
+
+
+def add_images_per_iteration(res: dict, points: pd.DataFrame, ds: aio.Dataset) -> None:
+    """res['labels'][label]['images_per_iter'] = the distinct images sampled per training iteration of the
+    label's runs (``io.run_images_per_iteration``), and 'images_per_iter_note' where it is unknown."""
+    flat = dict(zip(ds.runs["run"], ds.runs["flat"]))
+    method = dict(zip(ds.runs["run"], ds.runs["method"]))
+    cache: dict[str, tuple] = {}
+    for lab, r in res["labels"].items():
+        vals, why = set(), set()
+        for run in sorted(set(points.loc[points["label"] == lab, "run"])):
+            if run not in cache:
+                cache[run] = aio.run_images_per_iteration(flat.get(run) or {}, method.get(run, lab))
+            n, w = cache[run]
+            (vals.add(n) if n is not None else why.add(w))
+        r["images_per_iter"] = sorted(vals)
+        if why:
+            r["images_per_iter_note"] = "; ".join(sorted(why))
 
 
 def flag_lost_points(res: dict, ds: aio.Dataset) -> None:

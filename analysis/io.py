@@ -2,7 +2,9 @@
 
 Every loader returns a ``Dataset``: one row per (run, evaluation step) with the columns
 
-    method, run, seed, config, step, alignment, diversity, final, run_dir, samples, <other eval metrics>
+    method, arm, run, seed, config, step, alignment, diversity, final, run_dir, samples, <other eval metrics>
+
+(arm = the grid arm from sweep.json / the MLflow tag 'arm' / a CSV column 'arm', else the method)
 
 plus a table of the kept runs (method, seed, config hash, flattened config, ablation options) and the
 warnings raised while loading. Runs that crashed, lack their final evaluation or duplicate another run
@@ -147,6 +149,10 @@ def _finish(rows: list[dict], runs: list[dict], source: str, warnings: Notes, ak
     if p.empty:
         raise AnalysisInputError(f"no evaluation points with '{akey}' and '{dkey}' in {source}"
                                  + (": " + "; ".join(warnings[:5]) if warnings else ""))
+    arms = {r["run"]: (r.get("arm") or r["method"]) for r in runs}
+    for r in runs:
+        r["arm"] = arms[r["run"]]
+    p = p.assign(arm=p["run"].map(arms).fillna(p["method"]))
     ds = Dataset(p, pd.DataFrame(runs), source, list(warnings), list(warnings.exclusions), dropped_points=dropped)
     ds.points = p.sort_values(["method", "run", "step"]).reset_index(drop=True)
     ds.runs = ds.runs.sort_values(["method", "run"]).reset_index(drop=True)
@@ -228,6 +234,27 @@ def sweep_run_dirs(sweep_json: str, runs_root: str) -> tuple[list[str], list[str
     return found, warnings
 
 
+def sweep_arm(run_dir: str, cache: dict[str, dict[str, str]]) -> str | None:
+    """The grid arm of a run directory <exp>/<method>/<hash>/seed<k>: its point's "arm" in <exp>/sweep.json
+    (experiments/sweep.py writes it), None when there is no sweep.json or it does not list the run. Arms
+    tell apart runs of one method with different fixed options (e.g. 'drift' and 'drift_kl', 'flow_grpo' and
+    'flow_grpo_k4')."""
+    exp_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(run_dir))))
+    if exp_dir not in cache:
+        cache[exp_dir] = {}
+        try:
+            with open(os.path.join(exp_dir, SWEEP_INDEX), encoding="utf-8") as f:
+                spec = json.load(f)
+            for pt in spec.get("points", []) if isinstance(spec, dict) else []:
+                if isinstance(pt, dict) and isinstance(pt.get("arm"), str):
+                    for key in ("run_dir", "rel_dir"):
+                        if isinstance(pt.get(key), str):
+                            cache[exp_dir][os.path.normpath(os.path.join(exp_dir, pt[key]))] = pt["arm"]
+        except (OSError, ValueError):
+            pass
+    return cache[exp_dir].get(os.path.normpath(os.path.abspath(run_dir)))
+
+
 def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str = "eval/diversity",
                   root: str | None = None, source: str | None = None) -> Dataset:
     """Points from engine run directories (config.json, metrics.jsonl, final_eval.json, DONE, samples/).
@@ -241,6 +268,7 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
     runs, rows = [], []
     seen_paths: set[str] = set()
     seen_keys: set[str] = set()
+    arm_cache: dict[str, dict[str, str]] = {}
     for rd in run_dirs:
         rd = os.path.normpath(os.path.abspath(rd))
         name = os.path.relpath(rd, root) if root else rd
@@ -297,7 +325,7 @@ def load_run_dirs(run_dirs: list[str], akey: str = "eval/alignment", dkey: str =
         flat = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in NOT_SCIENCE}
         runs.append({"run": name, "method": method, "seed": seed, "config": chash, "run_dir": rd,
                      "flat": flat, "ablation": _ablation_options(cfg.get("options") or {}),
-                     "final_step": last, "_rows": ev})
+                     "final_step": last, "_rows": ev, "arm": sweep_arm(rd, arm_cache)})
     _check_keys(seen_keys, akey, dkey, source or root or "the run directories")
     runs = _dedupe(runs, warnings)
     for r in runs:
@@ -402,7 +430,7 @@ def load_mlflow(uri: str, experiment: str, akey: str = "eval/alignment", dkey: s
                 if k.startswith((f"{tags['method']}.", "options."))}
         runs.append({"run": label, "method": tags["method"], "seed": int(tags.get("seed", params.get("seed", -1))),
                      "config": chash, "run_dir": run_dir, "flat": flat, "ablation": _ablation_options(opts),
-                     "final_step": last, "_hist": hist, "mlflow_run_id": mr.info.run_id})
+                     "final_step": last, "_hist": hist, "mlflow_run_id": mr.info.run_id, "arm": tags.get("arm")})
     runs = _dedupe(runs, warnings)
     for r in runs:
         hist = r.pop("_hist")
@@ -496,7 +524,7 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
                         f"other runs of its method and config reach {int(target[run])})")
         df = df[df["run"] != run]
     extra_cols = [c for c in df.columns if c not in ("method", "run", "seed", "config", "step", "alignment",
-                                                     "diversity", "status", "samples")]
+                                                     "diversity", "status", "samples", "arm")]
     runs, rows = [], []
     for run, g in df.groupby("run", sort=True):
         g = g.sort_values("step")
@@ -508,7 +536,8 @@ def load_csv(path: str, akey: str = "eval/alignment", dkey: str = "eval/diversit
                     opts[f] = str(first[c])
         runs.append({"run": run, "method": str(first["method"]), "seed": int(first["seed"]), "config": str(first["config"]),
                      "run_dir": None, "flat": {c: first[c] for c in extra_cols if c.startswith("options.")},
-                     "ablation": opts, "final_step": int(g["step"].max())})
+                     "ablation": opts, "final_step": int(g["step"].max()),
+                     "arm": str(first["arm"]) if "arm" in g.columns and pd.notna(first["arm"]) and str(first["arm"]) else None})
         for _, r in g.iterrows():
             png = r["samples"] if "samples" in g.columns and isinstance(r["samples"], str) else None
             rows.append({"method": str(r["method"]), "run": run, "seed": int(r["seed"]), "config": str(r["config"]),
@@ -634,3 +663,86 @@ def variant_labels(runs: pd.DataFrame) -> dict[str, str]:
             parts = [f"{k.removeprefix('options.').removeprefix(method + '.')}={f.get(k)}" for k in diff]
             out[run] = method + (f" ({', '.join(parts)})" if parts else "")
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-prompt evaluation metrics and compute per iteration
+# ------------------------------------------------------------------------------------------------
+PER_PROMPT_DIR = "evals"
+
+
+def per_prompt_path(run_dir: str, step: int) -> str:
+    """<run>/evals/per_prompt_NNNNNN.json: ``RunDir(run_dir).eval_per_prompt(step)`` where the engine has it,
+    else the same path spelled out (the file the engine's evaluation writes at every eval step)."""
+    rd = RunDir(run_dir)
+    if hasattr(rd, "eval_per_prompt"):
+        return rd.eval_per_prompt(step)
+    return os.path.join(run_dir, PER_PROMPT_DIR, f"per_prompt_{step:06d}.json")
+
+
+def read_per_prompt(run_dir: str | None, step: int) -> dict | None:
+    """{'prompts': [...], 'metrics': {key: np.ndarray (one value per prompt)}} of one evaluation, or None when
+    the file is absent, unreadable, or its lists do not match its prompts in length."""
+    if not run_dir:
+        return None
+    path = per_prompt_path(run_dir, step)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        prompts = [str(x) for x in doc["prompts"]]
+        metrics = {str(k): np.asarray(v, dtype=float) for k, v in doc["metrics"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if int(doc.get("step", step)) != step or any(v.shape != (len(prompts),) for v in metrics.values()):
+        return None
+    return {"prompts": prompts, "metrics": metrics}
+
+
+def images_per_iteration(group_size: int, groups_per_iter: int, oversample: int) -> int:
+    """Images sampled per training iteration = groups_per_iter x group_size x oversample (the candidates per
+    prompt are oversample x group_size; a method that keeps a subset still renders every candidate)."""
+    return int(groups_per_iter) * int(group_size) * int(oversample)
+
+
+def run_images_per_iteration(flat: dict, method: str) -> tuple[int | None, str | None]:
+    """(images per iteration, None) of one run from its flattened config: sample.group_size,
+    sample.groups_per_iter and the method's oversampling factor as its hooks state it
+    (``drift.contract.method_spec(method).build(options).oversample``); (None, why) when it cannot be known."""
+    import dataclasses
+
+    from drift.config import SampleConfig
+    from drift.contract import method_spec
+
+    def get(key: str, default):
+        v = flat.get(key, default)
+        try:
+            return int(float(v))
+        except (TypeError, ValueError):
+            return None
+    gs, gpi = get("sample.group_size", SampleConfig.group_size), get("sample.groups_per_iter", SampleConfig.groups_per_iter)
+    if gs is None or gpi is None:
+        return None, "sample.group_size / sample.groups_per_iter unreadable"
+    try:
+        spec = method_spec(method)
+        names = {f.name: f for f in dataclasses.fields(spec.options_cls)}
+        opts = {}
+        for k, v in flat.items():
+            for pre in ("options.", f"{method}."):
+                if k.startswith(pre) and k[len(pre):] in names:
+                    opts[k[len(pre):]] = _typed(v, names[k[len(pre):]].default)
+        over = spec.build(spec.options_cls(**opts)).oversample
+    except Exception as e:  # an unknown method or options the engine at hand does not take
+        return None, f"the method's oversampling is unknown here ({type(e).__name__}: {e})"
+    return images_per_iteration(gs, gpi, over), None
+
+
+def _typed(v, default):
+    """A flat config value (MLflow params are strings) in the type of the option's default."""
+    if isinstance(v, str) and not isinstance(default, str) and default is not None:
+        if isinstance(default, bool):
+            return v.lower() in ("true", "1")
+        try:
+            return type(default)(float(v)) if isinstance(default, int) else type(default)(v)
+        except (TypeError, ValueError):
+            return v
+    return v
