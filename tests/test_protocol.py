@@ -89,8 +89,7 @@ def test_the_shapes_world_never_trains_on_validation_or_test_prompts():
         test = {str(p) for p in world.eval_prompts(1000, "test")}
     assert val == {str(p) for p in shapes.prompt_split("validation")} and len(test) == 29
     assert not (train & val) and not (train & test) and not (val & test)
-    legacy = make_world(make_config(["train.holdout_validation=false"]))
-    assert {str(p) for p in legacy.train_prompts()} == train | val
+    assert train == {str(p) for p in shapes.prompt_split("train")}  # (holdout_validation=false: tests/test_invariance.py pre17)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,29 +99,31 @@ def test_the_shapes_world_never_trains_on_validation_or_test_prompts():
     ("1,1", r"seed\(s\) \[1\] repeated"), ("1,,2", "no empty item"), ("", "no empty item"),
     ("a", "'a' is not a seed"), ("-1", "'-1' is not a seed"), ("1.5", "'1.5' is not a seed"), ("٣", "is not a seed"),
 ])
-def test_seeds_flag_is_validated_before_any_work(tmp_path, text, expect):
+def test_seeds_flag_is_validated_before_any_work(tmp_path, capsys, text, expect):
     with pytest.raises(GridError, match=expect):
         sweep.parse_seeds(text)
     out = tmp_path / "runs"
-    r = run(SWEEP, "--grid", "smoke", "--seeds", text, "--executor", "local", "--out", str(out), "--tracking-uri", "none")
-    assert r.returncode == 2 and "--seeds" in r.stderr and not out.exists()
+    assert sweep.main(["--grid", "smoke", "--seeds", text, "--executor", "local", "--out", str(out),
+                       "--tracking-uri", "none"]) == 2
+    assert "--seeds" in capsys.readouterr().err and not out.exists()
 
 
-def test_seeds_flag_overrides_the_grid_seeds_in_dry_run_only_and_slurm(tmp_path):
+def test_seeds_flag_overrides_the_grid_seeds_in_dry_run_only_and_slurm(tmp_path, capsys):
     assert sweep.parse_seeds(" 10, 11,12") == (10, 11, 12)
     out = tmp_path / "runs"
-    r = run(SWEEP, "--grid", "smoke", "--seeds", "10,11", "--dry-run", "--executor", "local", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    pts = [ln for ln in r.stdout.splitlines() if ln.startswith("#")]
+    assert sweep.main(["--grid", "smoke", "--seeds", "10,11", "--dry-run", "--executor", "local", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    pts = [ln for ln in text.splitlines() if ln.startswith("#")]
     assert len(pts) == 8 and {ln.rsplit("seed=", 1)[1] for ln in pts} == {"10", "11"}
-    assert "2 seeds (10, 11) (--seeds)" in r.stdout and not out.exists()
-    r = run(SWEEP, "--grid", "smoke", "--seeds", "10,11", "--only", "9", "--dry-run", "--executor", "local")
-    assert r.returncode == 2 and "#0..#7" in r.stderr  # --only indexes the points of these seeds
-    r = run(SWEEP, "--grid", "smoke", "--seeds", "7", "--dry-run", "--executor", "slurm", "--profile", "local_ci",
-            "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert "one array of 4 task(s)" in r.stdout and all(ln.endswith("seed=7") for ln in r.stdout.splitlines()
-                                                        if ln.startswith("#"))
+    assert "2 seeds (10, 11) (--seeds)" in text and not out.exists()
+    assert sweep.main(["--grid", "smoke", "--seeds", "10,11", "--only", "9", "--dry-run", "--executor", "local"]) == 2
+    assert "#0..#7" in capsys.readouterr().err  # --only indexes the points of these seeds
+    assert sweep.main(["--grid", "smoke", "--seeds", "7", "--dry-run", "--executor", "slurm", "--profile", "local_ci",
+                       "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "one array of 4 task(s)" in text and all(ln.endswith("seed=7") for ln in text.splitlines() if ln.startswith("#"))
+    r = run(SWEEP, "--grid", "smoke", "--seeds", "1,1", "--dry-run")  # the command line itself
+    assert r.returncode == 2 and "--seeds '1,1'" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ def test_tune_grid_gives_every_method_the_same_budget_on_validation_prompts(tmp_
     assert "Selection rule" in grid.doc and "A_ref" in grid.doc
 
 
-def test_pareto_is_the_judging_grid_and_reads_the_tuned_defaults(tmp_path):
+def test_pareto_is_the_judging_grid_and_reads_the_tuned_defaults(tmp_path, capsys):
     grid, doc = load("pareto"), load_tuned()
     pts = expand(grid, common=common(tmp_path))
     assert grid.seeds == JUDGING_SEEDS and all(p.cfg.eval.split == "test" for p in pts)
@@ -167,8 +168,8 @@ def test_pareto_is_the_judging_grid_and_reads_the_tuned_defaults(tmp_path):
     for words in ("Primary statistic", "Decision rule", "A/A", "oracle_spread vs the KL front", "power check",
                   "(z_0.975 + z_0.8)^2", "calibrate", "PRIOR"):
         assert words in grid.doc, words
-    r = run(SWEEP, "--grid", "pareto", "--dry-run", "--executor", "local", "--out", str(tmp_path / "runs"))
-    assert r.returncode == 0 and r.stdout.startswith("TUNED DEFAULTS: untuned"), r.stderr
+    assert sweep.main(["--grid", "pareto", "--dry-run", "--executor", "local", "--out", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.startswith("TUNED DEFAULTS: untuned")
 
 
 def test_fast_is_the_old_make_main_grid_labelled_not_discriminative(tmp_path):
@@ -240,7 +241,7 @@ def fake_run(p, a_final: float, d_final: float, split: str | None = None, seed: 
     return rd
 
 
-def test_freeze_end_to_end_selects_by_the_rule_and_refuses_judging_evidence(tmp_path):
+def test_freeze_end_to_end_selects_by_the_rule_and_refuses_judging_evidence(tmp_path, capsys):
     runs = tmp_path / "runs"
     out = tmp_path / "tuned_defaults.json"
     grid = load("tune")
@@ -252,7 +253,7 @@ def test_freeze_end_to_end_selects_by_the_rule_and_refuses_judging_evidence(tmp_
              "drift": k.get("drift.lam", 0) / 2}.get(p.arm) or 0.0
         bump = 0.01 * (k.get(second) == max(grid.arms[-1].axes[second])) if p.arm == "drift" else 0.0
         fake_run(p, 2.0 - 0.9 * s + 0.001 * (p.cfg.seed - 102), 0.1 + 0.2 * s + bump)
-    r = run(FREEZE, "--grid", "tune", "--runs-dir", str(runs), "--out", str(out))
+    r = run(FREEZE, "--grid", "tune", "--runs-dir", str(runs), "--out", str(out))  # the command itself, once
     assert r.returncode == 0, r.stderr
     doc = load_tuned(str(out))
     # A_ref = 1.0 + 0.5 * (2.0 - 1.0) = 1.5, so strength s <= 0.555: KL beta 0.5, DiverseGRPO 2.0, DRIFT lam 1.0
@@ -267,17 +268,15 @@ def test_freeze_end_to_end_selects_by_the_rule_and_refuses_judging_evidence(tmp_
     assert doc["diversity_key"] == "eval/diversity/heldout" and doc["date"].endswith("Z")
     before = out.read_text()
     # a judging-seed run or a test-split run among the tuning runs: refused, the file left as it was
+    args = ["--grid", "tune", "--runs-dir", str(runs), "--out", str(out)]
     bad = fake_run(pts[0], 2.0, 0.1, seed=3)
-    r = run(FREEZE, "--grid", "tune", "--runs-dir", str(runs), "--out", str(out))
-    assert r.returncode == 2 and "judging seed" in r.stderr and out.read_text() == before
+    assert freeze.main(args) == 2 and "judging seed" in capsys.readouterr().err and out.read_text() == before
     os.rename(bad, bad + "_moved_away")  # still under runs/tune: still refused
-    r = run(FREEZE, "--grid", "tune", "--runs-dir", str(runs), "--out", str(out))
-    assert r.returncode == 2 and "judging seed" in r.stderr
+    assert freeze.main(args) == 2 and "judging seed" in capsys.readouterr().err
     import shutil
 
     shutil.rmtree(bad + "_moved_away")
     fake_run(pts[1], 2.0, 0.1, split="test")
-    r = run(FREEZE, "--grid", "tune", "--runs-dir", str(runs), "--out", str(out))
-    assert r.returncode == 2 and "eval.split='test'" in r.stderr and out.read_text() == before
-    r = run(FREEZE, "--grid", "pareto", "--runs-dir", str(runs), "--out", str(out), "--dry-run")
-    assert r.returncode == 2 and "not a tuning grid" in r.stderr
+    assert freeze.main(args) == 2 and "eval.split='test'" in capsys.readouterr().err and out.read_text() == before
+    assert freeze.main(["--grid", "pareto", "--runs-dir", str(runs), "--out", str(out), "--dry-run"]) == 2
+    assert "not a tuning grid" in capsys.readouterr().err
