@@ -78,20 +78,6 @@ def test_eval_split_field_and_its_noise_seed():
     assert torch.equal(val, torch.randn(2, 3, 3, 4, 4, generator=torch.Generator().manual_seed(4242)))
 
 
-def test_the_shapes_world_never_trains_on_validation_or_test_prompts():
-    from drift.worlds import make_world
-
-    world = make_world(make_config([]))
-    train = {str(p) for p in world.train_prompts()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        val = {str(p) for p in world.eval_prompts(1000, "validation")}
-        test = {str(p) for p in world.eval_prompts(1000, "test")}
-    assert val == {str(p) for p in shapes.prompt_split("validation")} and len(test) == 29
-    assert not (train & val) and not (train & test) and not (val & test)
-    assert train == {str(p) for p in shapes.prompt_split("train")}  # (holdout_validation=false: tests/test_invariance.py pre17)
-
-
 # ------------------------------------------------------------------------------------------------
 # --seeds
 # ------------------------------------------------------------------------------------------------
