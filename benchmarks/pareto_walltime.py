@@ -1,9 +1,9 @@
-"""Wall time of the embedded pareto grid (the README's main job), with the breakdown by method and phase.
+"""Wall time of the embedded fast grid (the README's main job, formerly named pareto), with the breakdown by method and phase.
 
     python benchmarks/pareto_walltime.py                       # runs the grid into a fresh folder, times it
-    python benchmarks/pareto_walltime.py --analyze runs/pareto  # breakdown of a sweep already run (no total)
+    python benchmarks/pareto_walltime.py --analyze runs/fast    # breakdown of a sweep already run (no total)
 
-The grid runs exactly as ``make main`` runs it (experiments/sweep.py --grid pareto --executor local),
+The grid runs exactly as ``make main`` runs it (experiments/sweep.py --grid fast --executor local),
 into a throw-away output root so nothing is skipped as already done. Per point, ``launch.jsonl`` gives
 the job's seconds (start-up included) and ``metrics.jsonl`` the engine's ``sys/*_seconds``; the
 difference is start-up (imports, model load) and teardown. Writes benchmarks/results/pareto_walltime.json.
@@ -60,7 +60,7 @@ def analyze(grid_dir: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--analyze", metavar="GRID_DIR", help="only break down an existing sweep (<out>/pareto)")
+    ap.add_argument("--analyze", metavar="GRID_DIR", help="only break down an existing sweep (<out>/fast)")
     ap.add_argument("--parallel", type=int, default=None, help="passed to sweep.py (default: its own)")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "pareto_walltime.json"))
     a = ap.parse_args()
@@ -71,7 +71,7 @@ def main() -> int:
         grid_dir = a.analyze
     else:
         out = tempfile.mkdtemp(prefix="drift-pareto-bench-")
-        cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), "--grid", "pareto", "--executor", "local",
+        cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py"), "--grid", "fast", "--executor", "local",
                "--out", out]
         if a.parallel:
             cmd += ["--parallel", str(a.parallel)]
@@ -82,11 +82,11 @@ def main() -> int:
         if rc != 0:
             print(f"[bench] the sweep failed (exit {rc}) after {total:.0f} s", file=sys.stderr)
             return rc
-        grid_dir = os.path.join(out, "pareto")
+        grid_dir = os.path.join(out, "fast")
     res = analyze(grid_dir)
     res["total_wall_seconds"] = total
     res["machine"] = machine()
-    print(f"\npareto grid: {res['n_points']} points" + (f", wall time {total / 60:.1f} min" if total else ""))
+    print(f"\nfast grid: {res['n_points']} points" + (f", wall time {total / 60:.1f} min" if total else ""))
     cols = ["points", "mean_point_seconds", "point", *PHASES, "startup+other"]
     print(f"{'method':<14}" + "".join(f"{c[:16]:>17}" for c in cols))
     for m, agg in sorted(res["by_method"].items()):

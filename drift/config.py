@@ -178,6 +178,9 @@ class TrainConfig:
     (through both branches: w dv_c - (w - 1) dv_u; later Flow-GRPO code reportedly). Sampling is gradient-free either way."""
     max_nonfinite_skips: int = 5
     """Stop the run after this many consecutive optimiser steps skipped for a non-finite loss or gradient."""
+    holdout_validation: bool = True
+    """Leave the validation prompts out of the RL training prompts (False: the pool before the validation split
+    existed, only to reproduce older records; eval.split=validation then is refused)."""
 
     def __post_init__(self):
         self.adam_betas = tuple(self.adam_betas)
@@ -197,6 +200,10 @@ class TrainConfig:
         check(self.max_nonfinite_skips >= 1, "train.max_nonfinite_skips", self.max_nonfinite_skips, "must be >= 1")
 
 
+EVAL_SPLITS = ("test", "validation")
+"""Values of eval.split."""
+
+
 @dataclass
 class EvalConfig:
     every: int = 10
@@ -209,8 +216,12 @@ class EvalConfig:
     """ODE steps at evaluation (noise level 0)."""
     grid_prompts: int = 8
     """Prompts (rows) in the sample-grid image."""
+    split: str = "test"
+    """Prompts evaluated on: 'test' (the held-out eval split, noise seed 2026; judging) or 'validation' (the
+    carve-out of the training prompts, noise seed 4242; tuning only). drift/evaluate.py EVAL_NOISE_SEEDS."""
 
     def __post_init__(self):
+        check(self.split in EVAL_SPLITS, "eval.split", self.split, f"must be one of {EVAL_SPLITS}")
         check(self.every >= 1, "eval.every", self.every, "must be >= 1")
         check(self.num_prompts >= 1, "eval.num_prompts", self.num_prompts, "must be >= 1")
         check(self.seeds >= 2, "eval.seeds", self.seeds, "must be >= 2: diversity needs pairs")
@@ -380,6 +391,8 @@ class RunConfig:
         for name, mb in (("train.micro_batch", self.train.micro_batch), ("sample.micro_batch", self.sample.micro_batch)):
             check(not mb or n % mb == 0, name, mb, f"must divide the trajectories per iteration (group_size * "
                   f"groups_per_iter = {n})")
+        check(self.eval.split != "validation" or self.train.holdout_validation, "eval.split", self.eval.split,
+              "needs train.holdout_validation=true: validation prompts must never be trained on")
         spec.validate(self)
 
     # ------------------------------------------------------------------------------------------

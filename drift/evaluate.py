@@ -14,11 +14,15 @@ import torch
 from .diversity import mean_pairwise_distance, vendi_score
 from .sampling import sample_trajectories
 
-EVAL_NOISE_SEED = 2026  # the same eval noise for every run, method and seed
+EVAL_NOISE_SEEDS = {"test": 2026, "validation": 4242}
+"""The fixed evaluation noise per eval.split: the same for every run, method and seed; tuning (validation)
+never sees the judging (test) noise."""
+EVAL_NOISE_SEED = EVAL_NOISE_SEEDS["test"]
 
 
-def eval_noise(world, num_prompts: int, seeds: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+def eval_noise(world, num_prompts: int, seeds: int, split: str = "test") -> torch.Tensor:
+    """The initial noise (num_prompts, seeds, *latent_shape) of the evaluation on ``split`` (EVAL_NOISE_SEEDS)."""
+    g = torch.Generator().manual_seed(EVAL_NOISE_SEEDS[split])
     return torch.randn(num_prompts, seeds, *world.latent_shape, generator=g)
 
 
@@ -103,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--{n.replace('_', '-')}={v}: must be >= {2 if n == 'seeds' else 1}")
         cfg, world, info = load_policy(a.source, a.step, overrides=a.set)
         n = a.num_prompts or cfg.eval.num_prompts
-        prompts = prompts_from_file(world, a.prompts)[:n] if a.prompts else world.eval_prompts(n)
+        prompts = prompts_from_file(world, a.prompts)[:n] if a.prompts else world.eval_prompts(n, cfg.eval.split)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seeds, steps = a.seeds or cfg.eval.seeds, a.steps or cfg.eval.num_steps
-    m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds), steps, cfg.sample.cfg, cfg.sample.shift,
+    m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds, cfg.eval.split), steps, cfg.sample.cfg, cfg.sample.shift,
                        micro_batch=cfg.sample.micro_batch)
     out = a.out or os.path.join(a.source, "evaluation")
     os.makedirs(out, exist_ok=True)

@@ -7,6 +7,11 @@ are skipped. JSONL files (``.jsonl``): one JSON object per line with a "prompt" 
 A prompt without a split goes to evaluation iff ``hash_fraction(text) < eval_fraction``, where
 hash_fraction maps the sha256 of the UTF-8 text to [0, 1): the split of a prompt never depends on the
 file's order, its other prompts or the machine. Duplicate texts are kept once (first occurrence wins).
+
+The validation split (for tuning; ``eval.split=validation``) is carved out of the training prompts, in every
+world, by a second, independent hash: a training prompt is a validation prompt iff
+``hash_fraction("validation:" + text) < VALIDATION_FRACTION`` (1 in 5). Validation prompts are never trained
+on (``train.holdout_validation``), like the eval split, and are disjoint from it by construction.
 """
 
 from __future__ import annotations
@@ -41,6 +46,22 @@ def hash_fraction(text: str) -> float:
 def hash_split(text: str, eval_fraction: float) -> str:
     """'eval' iff hash_fraction(text) < eval_fraction, else 'train'."""
     return "eval" if hash_fraction(text) < eval_fraction else "train"
+
+
+VALIDATION_FRACTION = 0.2
+"""Share of the training prompts carved out as the validation split (fixed: tuning results must not move)."""
+VALIDATION_SALT = "validation:"
+"""Prefix of the text hashed for the validation carve-out, so that it is independent of the eval split's hash."""
+
+
+def is_validation(text: str) -> bool:
+    """True iff hash_fraction(VALIDATION_SALT + text) < VALIDATION_FRACTION: the carve-out rule for a training prompt."""
+    return hash_fraction(VALIDATION_SALT + text) < VALIDATION_FRACTION
+
+
+def carve_validation(train_texts: list[str]) -> tuple[list[str], list[str]]:
+    """(train without validation, validation) from a training split, both in the given order (is_validation)."""
+    return [t for t in train_texts if not is_validation(t)], [t for t in train_texts if is_validation(t)]
 
 
 def resolve_path(path: str, root: str | None = None) -> str:
@@ -115,5 +136,5 @@ def load_prompt_splits(path: str, eval_path: str = "", eval_fraction: float = 0.
     return tr, ev
 
 
-__all__ = ["PromptEntry", "PromptFileError", "hash_fraction", "hash_split", "resolve_path", "read_prompt_file",
-           "load_prompt_splits"]
+__all__ = ["PromptEntry", "PromptFileError", "VALIDATION_FRACTION", "hash_fraction", "hash_split", "is_validation",
+           "carve_validation", "resolve_path", "read_prompt_file", "load_prompt_splits"]

@@ -315,8 +315,8 @@ class EvalSet:
 
     def __init__(self, world, cfg: RunConfig):
         self.cfg = cfg
-        self.prompts = world.eval_prompts(cfg.eval.num_prompts)
-        self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds)
+        self.prompts = world.eval_prompts(cfg.eval.num_prompts, cfg.eval.split)
+        self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds, cfg.eval.split)
 
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
         t, S = time.time(), self.cfg.sample

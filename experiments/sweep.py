@@ -3,13 +3,15 @@
     python experiments/sweep.py --grid pareto --dry-run    # validate every point, print them; submit nothing
     python experiments/sweep.py --grid smoke               # run what is missing (Slurm if there is one, else local)
     python experiments/sweep.py --grid pareto_sd3 --executor slurm --profile sd3_1gpu
+    python experiments/sweep.py --grid pareto --seeds 10,11,12   # the grid on seeds of your own (re-judging)
     python experiments/sweep.py --list                     # the grids (experiments/grids/<name>.py)
 
 Every point is one run (drift.launch.RunJob) in a deterministic directory
 <out>/<grid>/<method>/<config hash>/seed<k>. Finished points (DONE) are skipped; a point running
 elsewhere (its LOCK is held, or its Slurm task is still queued) is not launched twice; an interrupted
 point resumes from its last checkpoint. So re-running the same command completes only what is missing.
-<out>/<grid>/sweep.json lists every point (index, overrides, run_dir, status) for analysis/.
+<out>/<grid>/sweep.json lists every point of the latest invocation (index, overrides, run_dir, status; with
+--seeds, those seeds' points) for analysis/; the run directories of other seeds stay where they are.
 
 Exit status: 0 all points done; 1 some failed; 2 invalid grid or arguments (nothing submitted);
 3 incomplete (points running elsewhere, or submitted with --no-wait); 130 interrupted.
@@ -323,7 +325,8 @@ class Sweep:
                     {"grid": self.grid.name, "world": self.world, "experiment": self.experiment,
                      "out": os.path.dirname(self.exp_dir), "tracking_uri": self.uri, "executor": self.executor,
                      "code": {k: v for k, v in self.code.items() if k != "files"},
-                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_points": len(self.points), "points": rows})
+                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "seeds": list(self.grid.seeds),
+                     "n_points": len(self.points), "points": rows})
 
     def progress(self, force: bool = False) -> None:
         done = sum(self.iters[i] for i, s in self.state.items() if s.get("status") == "done")
@@ -572,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "else sqlite:///<out>/mlflow.db; 'none' = off). On a cluster use slurm/mlflow_server.sh")
     ap.add_argument("--code-policy", default="refuse", choices=("refuse", "warn", "ignore"),
                     help="a restarted job whose code differs from the submitted code: refuse (default), warn, ignore")
+    ap.add_argument("--seeds", default=None, metavar="S,T,...", help="run the grid on these seeds instead of its own "
+                    "(e.g. 10,11,12: re-judge on seeds of your own); distinct non-negative integers")
     ap.add_argument("--only", default="", metavar="I,J,...", help="run only these point indices (as printed by "
                     "--dry-run); the others are left as they are")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
@@ -600,6 +605,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'10,11,12' -> (10, 11, 12); GridError naming --seeds, the value and the rule (distinct non-negative
+    integers, at least one)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in parts):
+        raise GridError(f"--seeds {text!r}: must be a comma-separated list of seeds like 10,11,12 (no empty item)")
+    bad = [t for t in parts if not (t.isascii() and t.isdigit())]  # int() would take '٣', '1_0' or '+1'
+    if bad:
+        raise GridError(f"--seeds {text!r}: {bad[0]!r} is not a seed; seeds are non-negative integers like 10,11,12")
+    seeds = tuple(int(t) for t in parts)
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise GridError(f"--seeds {text!r}: seed(s) {dup} repeated; each seed may appear once")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -612,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     # ---- validate everything before anything is written or submitted -------------------------
     try:
         grid = load(args.grid)
+        if args.seeds is not None:
+            grid = dataclasses.replace(grid, seeds=parse_seeds(args.seeds))
         world = args.world or grid.default_world()
         experiment = args.experiment or (grid.name if world == grid.default_world() else f"{grid.name}_{world}")
         executor, why = args.executor, "--executor slurm"
@@ -706,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(code_path), exist_ok=True)
     _write_json(code_path, code)
     sw = Sweep(grid, world, experiment, exp_dir, points, executor, uri, code, args.poll)
+    for note in grid.notes:
+        say(note)
     active = active_slurm_jobs() if any(os.path.exists(RunDir(p.run_dir).job_marker) for p in points) else set()
     for p in points:
         sw.set(p, **initial_state(p, active))
@@ -754,8 +779,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dry_run(grid, world, experiment, exp_dir, points, extra, common, uri, executor, prof, args) -> int:
+    for note in grid.notes:
+        print(note)
     print(f"grid {grid.name!r}, world {world!r}: {len(grid.arms)} arms x {len(grid.seeds)} seeds "
-          f"{tuple(grid.seeds)} -> runs in {exp_dir}")
+          f"{tuple(grid.seeds)}{' (--seeds)' if args.seeds is not None else ''} -> runs in {exp_dir}")
     print(f"  base:   {' '.join(f'{k}={v}' for k, v in grid.base.items()) or '-'}")
     print(f"  budget: {' '.join(f'{k}={v}' for k, v in grid.budget.items()) or '-'}")
     if grid.worlds[world]:

@@ -27,8 +27,9 @@ ITEMS = ["train.iterations=3", "sample.groups_per_iter=2", "sample.group_size=4"
          "checkpoint_every=3", "tracking_uri=none", "threads=1"]
 
 
-PRE17 = ["train.cfg_grad=both", "train.ema_unit=opt_step", "train.ema_every=8"]
-"""The settings that give the engine's behaviour before issue 17."""
+PRE17 = ["train.cfg_grad=both", "train.ema_unit=opt_step", "train.ema_every=8", "train.holdout_validation=false"]
+"""The settings that give the engine's behaviour before issue 17 (and the training prompt pool before issue 16
+carved the validation split out of it)."""
 
 
 def record(tmp_path, method: str, extra: tuple = ()) -> dict:

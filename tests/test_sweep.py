@@ -45,19 +45,19 @@ def non_sys_rows(run_dir):
 # Grids and the dry run
 # ------------------------------------------------------------------------------------------------
 def test_named_grids_expand_and_are_valid(tmp_path):
-    assert {"pareto", "ablation", "smoke"} <= set(names())
-    pts = {n: expand(load(n), common=common(tmp_path)) for n in ("pareto", "ablation", "smoke")}
-    pareto = pts["pareto"]
+    assert {"fast", "pareto", "ablation", "smoke"} <= set(names())
+    pts = {n: expand(load(n), common=common(tmp_path)) for n in ("fast", "ablation", "smoke")}
+    pareto = pts["fast"]
     assert len(pareto) == 30 and len({p.cfg.seed for p in pareto}) >= 3
     assert {p.cfg.method for p in pareto} == {"flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift"}
     assert sorted({p.cfg.options.lam for p in pareto if p.cfg.method == "drift"}) == [0.5, 1.0, 2.0]
     abl = pts["ablation"]
-    assert len(abl) == 16 and len({p.arm for p in abl}) == 8
+    assert len(abl) == 64 and len({p.arm for p in abl}) == 8
     off = {(p.cfg.options.subset, p.cfg.options.prompt, p.cfg.options.shaping) for p in abl if p.cfg.method == "drift"}
     assert ("none", "none", "none") not in off and len(off) == 7
     assert len(pts["smoke"]) == 4
     # deterministic: the same grid gives the same run directories, under <out>/<grid>/<method>/<hash>/seed<k>
-    again = expand(load("pareto"), common=common(tmp_path))
+    again = expand(load("fast"), common=common(tmp_path))
     assert [p.run_dir for p in pareto] == [p.run_dir for p in again]
     assert pareto[0].run_dir.startswith(os.path.join(str(tmp_path), "t", "flow_grpo", ""))
     # another world is a choice of the grid (the SD3 weights need not exist to validate its points)
@@ -68,7 +68,7 @@ def test_named_grids_expand_and_are_valid(tmp_path):
 
 def test_dry_run_prints_points_and_count_and_writes_nothing(tmp_path):
     out = tmp_path / "runs"
-    r = sh(["--grid", "pareto", "--dry-run", "--executor", "local", "--out", str(out)])
+    r = sh(["--grid", "fast", "--dry-run", "--executor", "local", "--out", str(out)])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     points = [ln for ln in lines if ln.startswith("#")]
@@ -84,7 +84,7 @@ def test_help_lists_the_options():
     r = sh(["--help"])
     assert r.returncode == 0
     for opt in ("--grid", "--dry-run", "--executor", "--parallel", "--profile", "--partition", "--gpus",
-                "--time-min", "--array-parallelism", "--setup", "--world", "--code-policy"):
+                "--time-min", "--array-parallelism", "--setup", "--world", "--code-policy", "--seeds"):
         assert opt in r.stdout, opt
 
 

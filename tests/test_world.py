@@ -52,8 +52,9 @@ def test_prompt_validation_and_splits():
         world.Prompt("red", "circle", "red")
     with pytest.raises(ValueError, match="Prompt.shape='hexagon'"):
         world.Prompt("red", "hexagon", "blue")
-    train, ev = world.prompt_split("train"), world.prompt_split("eval")
-    assert set(train).isdisjoint(ev) and len(train) + len(ev) == len(world.all_prompts())
+    train, val, ev = world.prompt_split("train"), world.prompt_split("validation"), world.prompt_split("eval")
+    assert set(train).isdisjoint(ev) and set(val).isdisjoint(ev) and set(train).isdisjoint(val)
+    assert len(train) + len(val) + len(ev) == len(world.all_prompts())
     assert {p.kind for p in ev} == {"full", "free_fg", "free_shape", "free_bg"}
 
 

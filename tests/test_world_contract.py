@@ -1,6 +1,8 @@
 """The World protocol (drift/worlds/types.py), checked on the shapes world; tests/test_sd3.py runs the
 same check on a tiny random SD3 pipeline."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -15,6 +17,11 @@ def check_world_contract(world, name: str) -> None:
     assert offers(name, "paraphrase") == (world.paraphrase is not None), CAPABILITIES
     prompts = world.train_prompts()[:2]
     assert len(world.eval_prompts(2)) == 2
+    with warnings.catch_warnings():  # a small prompt file may hold fewer validation prompts than asked for
+        warnings.simplefilter("ignore")
+        splits = {s: {world.prompt_text(p) for p in world.eval_prompts(10_000, s)} for s in ("test", "validation")}
+    train = {world.prompt_text(p) for p in world.train_prompts()}
+    assert not (train & splits["test"]) and not (train & splits["validation"]) and not (splits["test"] & splits["validation"])
     texts = [world.prompt_text(p) for p in prompts]
     cond = world.encode(texts)
     assert isinstance(cond, Cond) and len(cond) == 2

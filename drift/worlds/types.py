@@ -50,7 +50,9 @@ class World(Protocol):
 
     def train_prompts(self) -> list: ...
 
-    def eval_prompts(self, n: int) -> list: ...
+    def eval_prompts(self, n: int, split: str = "test") -> list:
+        """The first n prompts of the held-out eval split ('test') or of the validation split carved out of the
+        training prompts ('validation'; never in ``train_prompts`` unless train.holdout_validation=false)."""
 
     def prompt_text(self, prompt: Any) -> str: ...
 

@@ -10,9 +10,9 @@ import importlib
 import os
 import pkgutil
 
-from .spec import Arm, Grid, GridError, Point, expand  # noqa: F401
+from .spec import Arm, Grid, GridError, Point, available_arms, expand  # noqa: F401
 
-_NOT_GRIDS = {"spec", "presets"}
+_NOT_GRIDS = {"spec", "presets", "protocol"}
 
 
 def names() -> list[str]:

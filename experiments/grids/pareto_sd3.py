@@ -1,6 +1,6 @@
 """pareto_sd3: every method across its strength knob, 3 seeds, on SD3.5-Medium with PickScore (the real path).
 
-The same arms as the embedded ``pareto`` grid, with knob values for this reward's scale: PickScore/26 varies
+The same arms as the embedded ``fast`` grid, with knob values for this reward's scale: PickScore/26 varies
 by ~0.01-0.02 within a group, DreamSim distances by ~0.05 (docs/methods.md, Knob scales on SD3.5), so the
 shapes world's diversity weights would swamp it. KL betas bracket Flow-GRPO's 0.01 (PickScore) and 0.04
 (GenEval); DiverseGRPO's bonus saturates near beta 3-5 in its paper (secondary source); the DRIFT lambdas
@@ -14,7 +14,7 @@ a cluster".
 """
 
 from .presets import SD3, SD3_BUDGET
-from .pareto import pareto_arms
+from .fast import pareto_arms
 from .spec import Grid
 
 KL_BETAS = (0.004, 0.01, 0.04)  # flow_grpo_kl.beta: Flow-GRPO uses 0.01 for PickScore, 0.04 for GenEval

@@ -39,7 +39,7 @@ from ...errors import ConfigError
 from ..types import Cond
 from ..policy import TransformerPolicy, check_lora_targets, transformer_module_names
 from ...sde import sigma_schedule
-from ...prompts import load_prompt_splits
+from ...prompts import carve_validation, load_prompt_splits
 
 if TYPE_CHECKING:
     from ...config import RunConfig
@@ -166,7 +166,10 @@ class SD3World(TransformerPolicy):
         """Cheap checks before anything is written: the prompt files parse into non-empty splits, the
         pipeline is loadable without a download, and local reward / feature paths exist."""
         s = cfg.sd3
-        load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
+        train, _ = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
+        if cfg.eval.split == "validation" and not carve_validation(train)[1]:
+            raise ConfigError(f"eval.split='validation': the validation carve-out of {s.prompts!r}'s {len(train)} "
+                              "training prompts is empty (1 in 5 by a hash of the text, drift/prompts.py); add prompts")
         problem = pipeline_problem(cfg.model.path)
         if problem:  # a ConfigError here (sweeps report those per point); loading itself raises SD3WeightsError
             raise ConfigError(f"{problem}. {how_to_get(cfg.model.path)}")
@@ -193,7 +196,10 @@ class SD3World(TransformerPolicy):
         self.cfg = s
         self.device = resolve_device(s.device)
         self.dtype = TORCH_DTYPES[s.dtype]
-        self.train_texts, self.eval_texts = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
+        pool, self.eval_texts = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
+        self.train_texts, self.validation_texts = carve_validation(pool)
+        if not cfg.train.holdout_validation:
+            self.train_texts = pool
 
         pipe = load_pipeline(m.path, self.dtype, TORCH_DTYPES[s.vae_dtype])
         for mod in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
@@ -242,12 +248,14 @@ class SD3World(TransformerPolicy):
     def train_prompts(self) -> list[str]:
         return list(self.train_texts)
 
-    def eval_prompts(self, n: int) -> list[str]:
-        """The first n prompts of the eval split (all of them, with a warning, if it holds fewer)."""
-        if n > len(self.eval_texts):
-            warnings.warn(f"eval.num_prompts={n} but the eval split of {self.cfg.prompts!r} holds "
-                          f"{len(self.eval_texts)} prompts; using all of them")
-        return list(self.eval_texts[:n])
+    def eval_prompts(self, n: int, split: str = "test") -> list[str]:
+        """The first n prompts of the eval ('test') or 'validation' split (all of them, with a warning, if it holds
+        fewer)."""
+        texts = self.eval_texts if split == "test" else self.validation_texts
+        if n > len(texts):
+            warnings.warn(f"eval.num_prompts={n} but the {split} split of {self.cfg.prompts!r} holds "
+                          f"{len(texts)} prompts; using all of them")
+        return list(texts[:n])
 
     @staticmethod
     def prompt_text(p: str) -> str:

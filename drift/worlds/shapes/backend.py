@@ -7,6 +7,7 @@ loop never branches on the world.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -51,6 +52,7 @@ class ShapesWorld(TransformerPolicy):
     def __init__(self, cfg):
         m = cfg.model
         self.reward_cfg = cfg.reward
+        self.holdout_validation = cfg.train.holdout_validation
         self.tokenizer, self.text_encoder, transformer = load_pretrained(m.path)
         for p in self.text_encoder.parameters():
             p.requires_grad_(False)
@@ -63,12 +65,18 @@ class ShapesWorld(TransformerPolicy):
 
     # -- prompts ------------------------------------------------------------------------------
     def train_prompts(self) -> list[world.Prompt]:
-        return world.prompt_split("train")
+        """The RL training prompts: the 'train' split (with train.holdout_validation=false also 'validation')."""
+        return world.prompt_split("train") if self.holdout_validation else world.prompt_split("train", "validation")
 
-    def eval_prompts(self, n: int) -> list[world.Prompt]:
-        """The first n eval prompts, interleaving kinds so that every kind is represented."""
+    def eval_prompts(self, n: int, split: str = "test") -> list[world.Prompt]:
+        """The first n prompts of the eval ('test') or 'validation' split, interleaving kinds so that every kind
+        is represented (all of them, with a warning, if the split holds fewer)."""
+        pool = world.prompt_split({"test": "eval", "validation": "validation"}[split])
+        if n > len(pool):
+            warnings.warn(f"eval.num_prompts={n} but the shapes world's {split} split holds {len(pool)} prompts; "
+                          "using all of them")
         by_kind: dict[str, list] = {}
-        for p in world.prompt_split("eval"):
+        for p in pool:
             by_kind.setdefault(p.kind, []).append(p)
         order = []
         while any(by_kind.values()):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...prompts import is_validation
+
 IMAGE_SIZE = 32
 
 # name -> RGB in [0, 1]
@@ -137,18 +139,32 @@ def all_prompts() -> list[Prompt]:
     return out
 
 
-def prompt_split(split: str) -> list[Prompt]:
-    """Deterministic train / eval split of :func:`all_prompts` (about 1 in 5 held out for eval).
+PROMPT_SPLITS = ("train", "validation", "eval")
 
-    The split is by a hash of the canonical text, so it never changes when prompts are added.
-    Both splits contain every prompt kind. The base model was pretrained on all prompts; the split
-    separates RL-training prompts from held-out evaluation prompts.
+
+def split_of(p: Prompt) -> str:
+    """The split of one prompt: 'eval' iff sha256(canonical text) % 5 == 0 (about 1 in 5, held out for
+    evaluation), else 'validation' iff drift.prompts.is_validation(text) (1 in 5 of the rest, held out for
+    tuning), else 'train'."""
+    text = str(p)
+    if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 5 == 0:
+        return "eval"
+    return "validation" if is_validation(text) else "train"
+
+
+def prompt_split(*splits: str) -> list[Prompt]:
+    """The prompts of :func:`all_prompts` in the named split(s), in all_prompts' order.
+
+    'eval' is the held-out evaluation (test) split; 'validation' the tuning split carved out of the
+    training prompts; 'train' the RL training prompts (neither). The splits are by hashes of the canonical
+    text, so they never change when prompts are added. The base model was pretrained on all prompts; the
+    splits separate RL-training prompts from the prompts that tuning and judging evaluate on.
+    ``prompt_split("train", "validation")`` is the training pool before the validation split existed.
     """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split={split!r}: must be 'train' or 'eval'")
-    def is_eval(p: Prompt) -> bool:
-        return int(hashlib.sha256(str(p).encode()).hexdigest(), 16) % 5 == 0
-    return [p for p in all_prompts() if is_eval(p) == (split == "eval")]
+    bad = [s for s in splits if s not in PROMPT_SPLITS]
+    if bad or not splits:
+        raise ValueError(f"split={bad[0] if bad else ''!r}: must be one of {PROMPT_SPLITS}")
+    return [p for p in all_prompts() if split_of(p) in splits]
 
 
 # ----------------------------------------------------------------------------------------------
