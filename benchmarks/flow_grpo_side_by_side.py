@@ -220,12 +220,30 @@ class Channel:
         self.wf.flush()
 
     def wait(self) -> None:
-        """Block until the harness says go; exit the process at once on stop (no final eval, no checkpoint)."""
+        """Block until the harness says go (or profile: the next iteration under torch.profiler, its op table
+        written to $SBS_PROFILE_OUT when it ends); exit the process at once on stop (no final eval, no checkpoint)."""
+        self.finish_profile()
         cmd = self.rf.readline().strip()
-        if cmd != "go":
+        if cmd == "profile":
+            from torch.profiler import ProfilerActivity, profile
+
+            self.prof = profile(activities=[ProfilerActivity.CPU], record_shapes=False)
+            self.prof.__enter__()
+        elif cmd != "go":
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+
+    prof = None
+
+    def finish_profile(self) -> None:
+        if self.prof is None:
+            return
+        self.prof.__exit__(None, None, None)
+        table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        with open(os.environ["SBS_PROFILE_OUT"], "w") as f:
+            f.write(table)
+        self.prof = None
 
 
 class IterationClock:
@@ -377,6 +395,8 @@ def worker_ours(args) -> None:
         return real_ppo(state, world, *a, **k)
 
     dt.ppo_update = ppo_hook
+    if args.what_if == "reuse-uncond":
+        install_reuse_uncond(lora)
     started = {"first": False}
 
     def on_phase(phase: str, it: int) -> None:
@@ -386,11 +406,48 @@ def worker_ours(args) -> None:
             ch.wait()
             clock.go()
         elif phase == "log":
-            ch.send({"record": {**clock.record(), "lora_params": lora.get("n")}})
+            ch.send({"record": {**clock.record(), "lora_params": lora.get("n"),
+                                **({"what_if": {k: lora[k] for k in ("reused", "fallback")}} if args.what_if else {})}})
             ch.wait()
             clock.go()
 
     dt.train(cfg, progress=False, on_phase=on_phase)
+
+
+def install_reuse_uncond(counts: dict) -> None:
+    """What-if (ours only, never the headline figure): the training forward reuses the unconditional velocity
+    recorded at sampling and runs the transformer on the B conditional rows alone, instead of on 2B rows with the
+    unconditional half detached. With train.cfg_grad='cond_only' and one optimiser step per iteration (the matched
+    setting) the policy has not changed since sampling, so v_u is the same value; the gradient is unchanged
+    (w dv_c/dtheta). Installed by replacing drift.sampling.guided_velocity / drift.ppo.guided_velocity in the worker;
+    a training call whose x is not the recorded one falls back to the full computation and is counted."""
+    import torch
+
+    import drift.ppo as dp
+    import drift.sampling as ds
+
+    real = ds.guided_velocity
+    stash: dict[float, tuple] = {}
+    counts.update(reused=0, fallback=0)
+
+    def guided(world, x, sigma, cond, uncond, cfg, detach_uncond=False):
+        if cfg == 1 or uncond is None or sigma.ndim != 0:
+            return real(world, x, sigma, cond, uncond, cfg, detach_uncond=detach_uncond)
+        if not torch.is_grad_enabled():  # sampling: one 2B forward, as ours does; keep v_u for training
+            n = x.shape[0]
+            v = world.velocity(torch.cat([x, x]), sigma, ds.Cond.cat([cond, uncond]))
+            stash[float(sigma)] = (x.clone(), v[n:].clone())
+            return v[n:] + cfg * (v[:n] - v[n:])
+        rec = stash.get(float(sigma))
+        if detach_uncond and rec is not None and rec[0].shape == x.shape and torch.equal(rec[0], x):
+            counts["reused"] += 1
+            v_u = rec[1]
+            return v_u + cfg * (world.velocity(x, sigma, cond) - v_u)
+        counts["fallback"] += 1
+        return real(world, x, sigma, cond, uncond, cfg, detach_uncond=detach_uncond)
+
+    ds.guided_velocity = guided
+    dp.guided_velocity = guided
 
 
 # ================================================================================================
@@ -422,8 +479,8 @@ class Worker:
                                f"its log ({self.log_path}) ends with:\n{tail}")
         return json.loads(line)
 
-    def step(self) -> dict:
-        self.ctrl.write("go\n")
+    def step(self, command: str = "go") -> dict:
+        self.ctrl.write(command + "\n")
         self.ctrl.flush()
         return self.read()["record"]
 
@@ -495,7 +552,7 @@ def run(args) -> dict:
            "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                           os.environ.get("PYTHONPATH", "")])}
     common = ["--threads", str(args.threads), "--model", paths["model"]]
-    total_iters = args.warmup + args.pairs + 1
+    total_iters = args.warmup + args.pairs + int(args.profile) + 1
     load_before = load_note()
     wd_t, wd_o = os.path.join(args.out, "theirs_work"), os.path.join(args.out, "ours_work")
     for d in (wd_t, wd_o):
@@ -503,11 +560,14 @@ def run(args) -> dict:
     t0 = time.time()
     theirs = Worker("theirs", args.reference_python,
                     ["--worker", "theirs", "--flow-grpo", args.flow_grpo, "--dataset", paths["dataset"],
-                     "--workdir", wd_t, *common], env, os.path.join(args.out, "theirs.log"))
+                     "--workdir", wd_t, *common], {**env, "SBS_PROFILE_OUT": os.path.join(args.out, "profile_theirs.txt")},
+                    os.path.join(args.out, "theirs.log"))
     theirs.read()  # ready: model loaded, blocked before its first iteration
     ours = Worker("ours", sys.executable,
                   ["--worker", "ours", "--prompts", paths["prompts"], "--features", paths["features"],
-                   "--iterations", str(total_iters + 1), "--workdir", wd_o, *common], env,
+                   "--iterations", str(total_iters + 1), "--workdir", wd_o, *common,
+                   *(["--what-if", args.what_if] if args.what_if else [])],
+                  {**env, "SBS_PROFILE_OUT": os.path.join(args.out, "profile_ours.txt")},
                   os.path.join(args.out, "ours.log"))
     try:
         ours.read()
@@ -522,6 +582,9 @@ def run(args) -> dict:
             pairs.append({first.name: a, second.name: b, "order": f"{first.name}-{second.name}"})
             print(f"pair {k + 1}/{args.pairs}: ours {pairs[-1]['ours']['wall']['total']:.3f} s, "
                   f"theirs {pairs[-1]['theirs']['wall']['total']:.3f} s", flush=True)
+        if args.profile:  # one more iteration each, under torch.profiler (not part of the pairs)
+            theirs.step("profile")
+            ours.step("profile")
     finally:
         theirs.stop()
         ours.stop()
@@ -548,12 +611,13 @@ def run(args) -> dict:
 
 
 def ours_phases(workdir: str) -> dict:
-    """Medians of our trainer's own sys/*_seconds over the logged iterations after the first (metrics.jsonl)."""
+    """Medians of our trainer's own sys/*_seconds over its logged iterations after the first (the run dir's metrics)."""
+    from drift.rundir import RunDir
+
     rows = []
-    for dirpath, _, files in os.walk(os.path.join(workdir, "runs")):
-        if "metrics.jsonl" in files:
-            with open(os.path.join(dirpath, "metrics.jsonl")) as f:
-                rows += [json.loads(line) for line in f if line.strip()]
+    for dirpath, _, _ in os.walk(os.path.join(workdir, "runs")):
+        if os.path.isfile(RunDir(dirpath).metrics):
+            rows += RunDir(dirpath).read_metrics()
     rows = [r for r in rows if "sys/iter_seconds" in r][1:]
     keys = sorted({k for r in rows for k in r if k.startswith("sys/") and k.endswith("_seconds")})
     return {k: statistics.median(r[k] for r in rows if k in r) for k in keys} if rows else {}
@@ -583,6 +647,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per side first (>= 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (>= 1)")
     p.add_argument("--out", default="", help="work and result folder (default: a new temporary folder)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the pairs, one more iteration per side under torch.profiler (op tables in OUT)")
+    p.add_argument("--what-if", choices=("reuse-uncond",), default=None,
+                   help="ours only, a labelled experiment: training reuses the sampled unconditional velocity "
+                        "(see install_reuse_uncond); not the matched comparison")
     p.add_argument("--dry-run", action="store_true", help="check the arguments and the checkout, print the plan, stop")
     p.add_argument("--worker", choices=("theirs", "ours"), help=argparse.SUPPRESS)
     for name in ("--model", "--dataset", "--prompts", "--features", "--workdir"):
