@@ -151,11 +151,11 @@ def checkout_identity(root: str) -> dict:
     """The checkout's git commit (when it is a git work tree) and sha256 of the files the harness uses."""
     commit = None
     try:
-        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and os.path.abspath(out.stdout and root) == root:
-            top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip()
-            commit = out.stdout.strip() if os.path.realpath(top) == os.path.realpath(root) else None
+        top = subprocess.run(["git", "-C", root, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10)
+        if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(root):
+            commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
     files = {}
@@ -535,12 +535,12 @@ def check_reference_python(python: str) -> None:
                           "peft) into that environment (see this file's docstring)")
 
 
-def load_note() -> str:
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (the machine is often shared: the figures depend on it)."""
     try:
-        with open("/proc/loadavg") as f:
-            return f.read().split(" ")[:3].__str__()
+        return list(os.getloadavg())
     except OSError:
-        return "unknown"
+        return None
 
 
 def run(args) -> dict:
@@ -553,7 +553,7 @@ def run(args) -> dict:
                                           os.environ.get("PYTHONPATH", "")])}
     common = ["--threads", str(args.threads), "--model", paths["model"]]
     total_iters = args.warmup + args.pairs + int(args.profile) + 1
-    load_before = load_note()
+    load_before = load_average()
     wd_t, wd_o = os.path.join(args.out, "theirs_work"), os.path.join(args.out, "ours_work")
     for d in (wd_t, wd_o):
         os.makedirs(d, exist_ok=True)
@@ -596,7 +596,7 @@ def run(args) -> dict:
                      "sampled_steps": SAMPLED_STEPS, "trained_steps": TRAINED_STEPS, "cfg": CFG,
                      "resolution": RESOLUTION, "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA,
                      "threads": args.threads, "warmup": args.warmup, "pairs": args.pairs},
-        "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_note()},
+        "machine": {"cpu_count": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_average()},
         "lora_params": {"theirs": pairs[0]["theirs"].get("lora_params"), "ours": pairs[0]["ours"].get("lora_params")},
         "summary": summarise(pairs, norm),
         "sub_timers_median_s": {side: {name: statistics.median(p[side]["sub"].get(name, 0.0) for p in pairs)
@@ -624,10 +624,14 @@ def ours_phases(workdir: str) -> dict:
 
 
 def report(res: dict) -> str:
+    """The summary as printed: per phase and clock, each side's ms per trajectory per trained step and the ratio."""
+    def fmt(xs):
+        return "unknown" if xs is None else " ".join(f"{x:.1f}" for x in xs)
+
     s = res["summary"]
     lines = [f"reference: {res['reference']['path']} (git {res['reference']['git_commit'] or 'unknown'})",
-             f"settings: {res['settings']}", f"load average before/after: {res['machine']['loadavg_before']} / "
-             f"{res['machine']['loadavg_after']} on {res['machine']['cpu_count']} CPUs",
+             f"settings: {res['settings']}", f"load average (1/5/15 min) before: {fmt(res['machine']['loadavg_before'])}, "
+             f"after: {fmt(res['machine']['loadavg_after'])}, on {res['machine']['cpu_count']} CPUs",
              "ms per trajectory per trained step (median) and ratio ours/theirs (median of pairs, 95 % bootstrap):"]
     for key, v in s.items():
         lo, hi = v["ratio_interval95"]
