@@ -2,7 +2,10 @@
 SD3 world), on CPU, on the same tiny random SD3 pipeline folder, the same batch, steps, CFG and LoRA.
 
     python benchmarks/flow_grpo_side_by_side.py --flow-grpo PATH --reference-python /path/to/venv/bin/python \\
-        [--pairs 8] [--warmup 1] [--threads 1] [--out DIR] [--dry-run]
+        [--pairs 8] [--warmup 1] [--threads 1] [--out DIR] [--profile] [--what-if reuse-uncond] [--dry-run]
+
+``--profile``: one more iteration per side after the pairs, under torch.profiler; op tables in OUT.
+``--what-if reuse-uncond``: a labelled experiment on our side only (install_reuse_uncond), not the matched comparison.
 
 PATH is a checkout of https://github.com/yifan123/flow_grpo that you made yourself (it is never vendored or
 committed here); measured at commit ac4c86e. The harness refuses, before any work, a PATH that is missing or does
@@ -28,6 +31,9 @@ How it measures
    Hooks are attached at run time, in the worker: theirs by replacing names in the imported train_sd3 module
    (tqdm, eval, and timing wrappers around pipeline_with_logprob, compute_text_embeddings, compute_log_prob and
    Accelerator.backward); ours through train(on_phase=...) and a timing wrapper around drift.train.ppo_update.
+   Their config is config/grpo.py:compressibility with the fields below overridden in the worker (no flags file,
+   no edit); their own jpeg_compressibility reward is used, so no reward model is loaded or downloaded. The worker
+   runs with PYTHONDONTWRITEBYTECODE=1, so nothing is written into the checkout.
 3. After ``warmup`` iterations each, ``pairs`` pairs of iterations are run alternately, A B then B A (ABBA),
    so the two sides of a pair see the same machine load. Per pair, ratio = ours / theirs (per phase and total).
    Reported: the median paired ratio with a 95 % percentile-bootstrap interval of that median (2,000 resamples of
@@ -560,7 +566,8 @@ def run(args) -> dict:
     t0 = time.time()
     theirs = Worker("theirs", args.reference_python,
                     ["--worker", "theirs", "--flow-grpo", args.flow_grpo, "--dataset", paths["dataset"],
-                     "--workdir", wd_t, *common], {**env, "SBS_PROFILE_OUT": os.path.join(args.out, "profile_theirs.txt")},
+                     "--workdir", wd_t, *common], {**env, "SBS_PROFILE_OUT": os.path.join(args.out, "profile_theirs.txt"),
+                                                       "PYTHONDONTWRITEBYTECODE": "1"},  # nothing written in the checkout
                     os.path.join(args.out, "theirs.log"))
     theirs.read()  # ready: model loaded, blocked before its first iteration
     ours = Worker("ours", sys.executable,
