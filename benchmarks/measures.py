@@ -6,7 +6,7 @@
 1. Per-attribute accuracy of the judge on the model's eval images (held-out prompts, the run's fixed eval
    noise, ODE with eval.num_steps and sample.cfg): for each attribute, over the images whose prompt names it
    (a free attribute is not scored), and 'all' (every named attribute right and an object), overall and
-   per prompt kind.
+   per prompt kind; and the judged shape (with the mean bounding-box fill ratio) for each shape asked for.
 2. Does the held-out feature net measure diversity? Within each prompt, over every pair of images that both
    hold an object: Pearson r between the pair's feature distance (1 - cos) and its judge-level geometry
    distance ||(dx, dy, d sqrt(area))||, for both feature nets, over all such pairs and over the pairs in which
@@ -62,6 +62,24 @@ def attribute_accuracy(prompts: list, images: torch.Tensor) -> dict:
     return out
 
 
+def shape_confusion(prompts: list, images: torch.Tensor) -> dict:
+    """For the images whose prompt names a shape: {wanted shape: {judged shape or 'none': count, 'fill_mean': ...}}."""
+    p, s = images.shape[:2]
+    rep = [pr for pr in prompts for _ in range(s)]
+    v = shapes.judge(images.flatten(0, 1))
+    out = {}
+    for want in shapes.SHAPES:
+        rows = torch.tensor([pr.shape == want for pr in rep])
+        if not rows.any():
+            continue
+        got = v.shape[rows]
+        row = {(shapes.SHAPES[g] if g >= 0 else "none"): int((got == g).sum()) for g in (-1, 0, 1, 2)}
+        fill = v.fill[rows][got >= 0]
+        row["fill_mean"] = round(float(fill.mean()), 3) if len(fill) else float("nan")
+        out[want] = row
+    return out
+
+
 def pair_correlations(world, images: torch.Tensor) -> dict:
     """Within-prompt pairs (both with an object): r(feature distance, judge-level geometry distance)."""
     p, s = images.shape[:2]
@@ -101,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": cfg.model.path, "prompts": len(prompts), "seeds": a.seeds, "eval_steps": cfg.eval.num_steps,
         "cfg": cfg.sample.cfg, "sample_seconds": round(time.time() - t0, 1),
         "accuracy": attribute_accuracy(prompts, images),
+        "shape_confusion": shape_confusion(prompts, images),
         "eval": {k: round(v, 4) for k, v in m.items()},
         "pairs": pair_correlations(world, images),
         "across_prompts": {
