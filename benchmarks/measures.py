@@ -102,15 +102,31 @@ def pair_correlations(world, images: torch.Tensor) -> dict:
     return out
 
 
+def sampler_check(world, seeds: int) -> int:
+    ps = [p for p in shapes.prompt_split("eval") if p.shape == "square"]
+    noise = eval_noise(world, len(ps), seeds)
+    for steps, cfg in ((20, 3.0), (50, 3.0), (20, 6.0)):
+        _, images = evaluate(world, ps, noise, steps, cfg, 0.0)
+        v = shapes.judge(images.flatten(0, 1))
+        ok = v.shape >= 0
+        print(json.dumps({"ode_steps": steps, "cfg": cfg, "images": len(v.shape), "judged_square": int((v.shape == 1).sum()),
+                          "judged_circle": int((v.shape == 0).sum()), "fill_mean": round(float(v.fill[ok].mean()), 3)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="base model folder (default: the committed one)")
     ap.add_argument("--num-prompts", type=int, default=29)
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--out", default="", help="also write the figures to this JSON file")
+    ap.add_argument("--sampler-check", action="store_true", help="only: the judged shape of the eval prompts that ask "
+                    "for a square, with 20 and 50 ODE steps and CFG 3 and 6 (is a wrong shape the model's or the sampler's?)")
     a = ap.parse_args(argv)
     cfg = make_config([f"model.path={a.model}"] if a.model else [])
     world = make_world(cfg)
+    if a.sampler_check:
+        return sampler_check(world, a.seeds)
     prompts = world.eval_prompts(a.num_prompts)
     t0, per = time.time(), {}
     m, images = evaluate(world, prompts, eval_noise(world, len(prompts), a.seeds), cfg.eval.num_steps, cfg.sample.cfg,
