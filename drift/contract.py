@@ -224,6 +224,7 @@ METHODS: dict[str, str] = {
     "flow_grpo": "baselines.flow_grpo",
     "flow_grpo_kl": "baselines.flow_grpo_kl",
     "diverse_grpo": "baselines.diverse_grpo",
+    "oracle_spread": "baselines.oracle_spread",
     "drift": "drift.drift_method",
 }
 

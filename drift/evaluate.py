@@ -2,9 +2,15 @@
 
 alignment = mean task reward over every eval image;
 diversity = mean over prompts of the mean pairwise feature distance (1 - cos) among that prompt's
-            images (intra-prompt, as DRIFT and DiverseGRPO measure it);
+            images (intra-prompt, as DRIFT and DiverseGRPO measure it), with the world's feature net (the one
+            the diversity methods' bonuses use);
+diversity/heldout = the same with the world's held-out feature net (another seed and objective, which no
+            method sees: the primary diversity measure for judging methods); absent where the world has none;
 plus the Vendi score per prompt, every reward head and the world's own metrics (for the shapes world:
 judge-level position/size spread, free-attribute entropy, no-object rate, total variation).
+
+Every one of these scalars is a mean over prompts; ``eval_metrics`` also returns its per-prompt values
+(one list per key, in the prompts' order), which drift.train writes to RunDir.eval_per_prompt(step).
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ def eval_noise(world, num_prompts: int, seeds: int, split: str = "test") -> torc
 
 @torch.no_grad()
 def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: float, shift: float,
-             batch: int = 256, micro_batch: int = 0) -> tuple[dict[str, float], torch.Tensor]:
+             batch: int = 256, micro_batch: int = 0, per_prompt: dict | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
-    call (sample.micro_batch; 0 = each batch of ``batch`` in one call)."""
+    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``per_prompt``: a dict to fill with
+    every metric's per-prompt values ({key: [P floats]}, ``eval_metrics``), or None."""
     p, s = noise.shape[:2]
     texts = [world.prompt_text(pr) for pr in prompts for _ in range(s)]
     flat_noise = noise.flatten(0, 1)
@@ -43,18 +50,44 @@ def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: flo
         tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch)
         images.append(tr.images)
     images = torch.cat(images)
-    prompts_rep = [pr for pr in prompts for _ in range(s)]
-    heads = world.reward(images, prompts_rep)
-    feats = world.features.embed(images).view(p, s, -1)
+    images = images.view(p, s, *images.shape[1:])
+    metrics, per = eval_metrics(world, images, prompts)
+    if per_prompt is not None:
+        per_prompt.update(per)
+    return metrics, images
+
+
+def eval_metrics(world, images: torch.Tensor, prompts: list) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(scalars, per-prompt values) of the module docstring's metrics for images (P, S, 3, H, W) of P prompts.
+
+    Scalars: 'eval/alignment' = mean reward over the P*S images; 'eval/diversity[/heldout]' = mean over prompts
+    of the mean pairwise 1 - cos distance; 'eval/diversity/vendi' = mean over prompts of the Vendi score;
+    'eval/reward/<head>' = mean of every other reward head; 'eval/<key>' = the world's eval_extras.
+    Per prompt: the same keys, each a list of P values (the mean over that prompt's S images, or that prompt's
+    diversity / Vendi / world metric)."""
+    p, s = images.shape[:2]
+    flat = images.flatten(0, 1)
+    heads = world.reward(flat, [pr for pr in prompts for _ in range(s)])
+    feats = world.features.embed(flat).view(p, s, -1)
+    div, vendi = mean_pairwise_distance(feats), vendi_score(feats)
     metrics = {
         "eval/alignment": float(heads["reward"].mean()),
-        "eval/diversity": float(mean_pairwise_distance(feats).mean()),
-        "eval/diversity/vendi": float(vendi_score(feats).mean()),
+        "eval/diversity": float(div.mean()),
+        "eval/diversity/vendi": float(vendi.mean()),
     }
-    metrics.update({f"eval/reward/{k}": float(v.float().mean()) for k, v in heads.items() if k != "reward"})
-    images = images.view(p, s, *images.shape[1:])
+    per = {"eval/alignment": heads["reward"].float().view(p, s).mean(1), "eval/diversity": div, "eval/diversity/vendi": vendi}
+    if world.heldout_features is not None:
+        heldout = mean_pairwise_distance(world.heldout_features.embed(flat).view(p, s, -1))
+        metrics["eval/diversity/heldout"] = float(heldout.mean())
+        per["eval/diversity/heldout"] = heldout
+    for k, v in heads.items():
+        if k != "reward":
+            metrics[f"eval/reward/{k}"] = float(v.float().mean())
+            per[f"eval/reward/{k}"] = v.float().view(p, s).mean(1)
     metrics.update({f"eval/{k}": v for k, v in world.eval_extras(images, prompts).items()})
-    return metrics, images
+    per_prompt = {k: [float(x) for x in v.tolist()] for k, v in per.items()}
+    per_prompt.update({f"eval/{k}": [float(x) for x in v] for k, v in world.eval_extras_per_prompt(images, prompts).items()})
+    return metrics, per_prompt
 
 
 def prompts_from_file(world, path: str) -> list:

@@ -10,6 +10,7 @@ cheaply. docs/run_directory.md describes every file, who writes it and who reads
         metrics.jsonl        one JSON row per logged step (drift.tracking.Tracker)
         mlflow_run.json      MLflow run id, last pushed step, push in flight (drift.tracking.Tracker)
         samples/eval_NNNNNN.png  evaluation grid at step N (drift.train)
+        evals/per_prompt_NNNNNN.json  every eval metric's per-prompt values at step N (drift.train)
         checkpoints/step_NNNNNN/ a committed checkpoint: its manifest.json is written last (drift.checkpoint)
         final_eval.json      first and last evaluation rows (drift.train, at the end)
         DONE                 written last: the run finished (drift.train)
@@ -112,6 +113,7 @@ class RunDir:
     LOCK, LAUNCH_LOG, JOB_MARKER, STDOUT_LOG = "LOCK", "launch.jsonl", "JOB.json", "stdout.log"
     HELD, RELEASE = "HELD", "RELEASE"
     EXPORT = "export"
+    EVALS, PER_PROMPT_PREFIX = "evals", "per_prompt_"
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -145,10 +147,45 @@ class RunDir:
     held = property(lambda self: self.file(self.HELD), doc="HELD: the hold test hook is waiting")
     release = property(lambda self: self.file(self.RELEASE), doc="RELEASE: lets a held run go on")
     export = property(lambda self: self.file(self.EXPORT), doc="export/: the policy as LoRA / model folders")
+    evals = property(lambda self: self.file(self.EVALS), doc="evals/: per-prompt evaluation metrics, one file per eval")
 
     def eval_grid(self, step: int) -> str:
         """samples/eval_NNNNNN.png: the evaluation image grid at ``step``."""
         return os.path.join(self.samples, f"eval_{step:06d}.png")
+
+    def eval_per_prompt(self, step: int) -> str:
+        """evals/per_prompt_NNNNNN.json: every evaluation metric's per-prompt values at ``step``."""
+        return os.path.join(self.evals, f"{self.PER_PROMPT_PREFIX}{step:06d}.json")
+
+    def write_eval_per_prompt(self, step: int, prompts: list[str], metrics: dict[str, list[float]]) -> str:
+        """Write ``eval_per_prompt(step)`` atomically (a temporary file, then a rename):
+        {"step": step, "prompts": [P texts], "metrics": {key: [P values]}}; non-finite values as NON_FINITE strings.
+        ValueError naming the key if a list does not hold one value per prompt. Returns the path."""
+        for k, v in metrics.items():
+            if len(v) != len(prompts):
+                raise ValueError(f"per-prompt metric {k!r} has {len(v)} values for {len(prompts)} prompts")
+        enc = {k: [x if x == x and abs(x) != float("inf") else str(x) for x in map(float, v)] for k, v in metrics.items()}
+        path = self.eval_per_prompt(step)
+        os.makedirs(self.evals, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, "prompts": list(prompts), "metrics": enc}, f, indent=1)
+        os.replace(path + ".tmp", path)
+        return path
+
+    def read_eval_per_prompt(self, step: int) -> dict:
+        """``eval_per_prompt(step)`` as written, with the non-finite strings back as floats (FileNotFoundError if absent)."""
+        with open(self.eval_per_prompt(step)) as f:
+            d = json.load(f)
+        d["metrics"] = {k: [float(x) if isinstance(x, str) else x for x in v] for k, v in d["metrics"].items()}
+        return d
+
+    def eval_per_prompt_steps(self) -> list[int]:
+        """Steps that have a per-prompt evaluation file, oldest first."""
+        if not os.path.isdir(self.evals):
+            return []
+        pre, names = self.PER_PROMPT_PREFIX, os.listdir(self.evals)
+        steps = [n[len(pre):-5] for n in names if n.startswith(pre) and n.endswith(".json")]
+        return sorted(int(s) for s in steps if s.isascii() and s.isdigit())
 
     @classmethod
     def checkpoint_name(cls, step: int) -> str:

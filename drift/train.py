@@ -319,10 +319,12 @@ class EvalSet:
         self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds, cfg.eval.split)
 
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
-        t, S = time.time(), self.cfg.sample
+        t, S, per_prompt = time.time(), self.cfg.sample, {}
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
-                               micro_batch=S.micro_batch)
+                               micro_batch=S.micro_batch, per_prompt=per_prompt)
+        texts = [world.prompt_text(p) for p in self.prompts]
+        dist.on_main(lambda: RunDir(run_dir).write_eval_per_prompt(step, texts, per_prompt))
         grid = RunDir(run_dir).eval_grid(step)
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         n, c = self.cfg.eval.grid_prompts, self.cfg

@@ -84,7 +84,7 @@ def test_every_seam_through_train(tmp_path, seams, monkeypatch):
         assert r["loss/policy"] == 0.0  # the method's (zero) advantages were used, not the default ones
         assert "loss/l2" in r
     assert seams["adv"] == [((2, 4), (2, 4), (2, 4))] * 2
-    assert set(seams["heads"][0]) == {"judge", "judge_all", "size", "center", "object"}
+    assert set(seams["heads"][0]) == {"judge", "judge_all", "size", "center", "object", "pos_x", "pos_y"}
     assert all(s == (2, 4) for s in seams["heads"][0].values())
     # the regulariser (and its reference forward) ran on its 2 declared steps of the 3 trained ones only
     assert seams["reg_steps"] == [0, 1, 0, 1] and refs["n"] == 4

@@ -20,6 +20,7 @@ METHODS = {
     "flow_grpo": ({"method": "flow_grpo"}, []),
     "flow_grpo_kl": ({"method": "flow_grpo_kl", "flow_grpo_kl.beta": "0.04"}, ["loss/kl"]),
     "diverse_grpo": ({"method": "diverse_grpo"}, ["diverse/bonus_mean", "diverse/clusters", "loss/sa_reg"]),
+    "oracle_spread": ({"method": "oracle_spread"}, ["oracle/spread_mean", "oracle/bonus_mean"]),
     "drift": ({"method": "drift"}, ["drift/dropped_high", "drift/dropped_low", "drift/prompt_scale", "drift/bonus_mean"]),
     "drift_per_step": ({"method": "drift", "drift.shaping": "per_step"}, ["drift/bonus_mean"]),
     "drift_paraphrase_kl": ({"method": "drift", "drift.prompt": "both", "drift.beta": "0.01"}, ["loss/kl"]),
@@ -48,7 +49,8 @@ def test_method_contract(tmp_path, name):
         assert math.isfinite(r["loss/total"]) and math.isfinite(r["loss/policy"])
         for k in keys + ["reward/mean", "diversity/train_pairwise", "reward/kept_mean"]:
             assert k in r, f"{name}: missing metric {k}"
-        assert all(k.split("/")[0] in ("reward", "diversity", "loss", "sys", "eval", "drift", "diverse") for k in r if k != "step")
+        assert all(k.split("/")[0] in ("reward", "diversity", "loss", "sys", "eval", "drift", "diverse",
+                                                 "oracle") for k in r if k != "step")
     # reproducible with a fixed seed
     again = run(tmp_path, overrides, "b")
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("sys/") or k == "sys/opt_steps"} for r in rs]  # noqa: E731

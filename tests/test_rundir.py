@@ -139,13 +139,30 @@ def test_committed_steps_are_those_with_a_manifest(tmp_path):
     assert os.path.basename(rd.checkpoint(12)) == "step_000012" and rd.eval_grid(7).endswith("samples/eval_000007.png")
 
 
+def test_per_prompt_eval_file_round_trips_atomically(tmp_path):
+    rd = RunDir(tmp_path)
+    assert rd.eval_per_prompt_steps() == [] and rd.eval_per_prompt(7).endswith(os.path.join("evals", "per_prompt_000007.json"))
+    metrics = {"eval/alignment": [1.0, 2.0], "eval/diversity/free_attr_entropy": [float("nan"), 0.5]}
+    rd.write_eval_per_prompt(7, ["a", "b"], metrics)
+    rd.write_eval_per_prompt(12, ["a", "b"], metrics)
+    assert rd.eval_per_prompt_steps() == [7, 12] and not [n for n in os.listdir(rd.evals) if n.endswith(".tmp")]
+    with open(rd.eval_per_prompt(7)) as f:  # strict JSON: NaN is written as the string 'nan'
+        json.load(f, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    got = rd.read_eval_per_prompt(7)
+    assert got["step"] == 7 and got["prompts"] == ["a", "b"] and got["metrics"]["eval/alignment"] == [1.0, 2.0]
+    assert math.isnan(got["metrics"]["eval/diversity/free_attr_entropy"][0])
+    with pytest.raises(ValueError, match=r"'eval/alignment' has 1 values for 2 prompts"):
+        rd.write_eval_per_prompt(9, ["a", "b"], {"eval/alignment": [1.0]})
+    assert rd.eval_per_prompt_steps() == [7, 12]
+
+
 def test_no_module_spells_a_run_directory_file_name_but_rundir():
     """Every run-directory file name is written in drift/rundir.py only (string constants in the code;
     'config.json', 'manifest.json' and 'samples' also name other things: model folders, a table column)."""
     import ast
 
     names = {getattr(RunDir, a) for a in ("METRICS", "MLFLOW_STATE", "FINAL_EVAL", "DONE", "CHECKPOINTS", "LOCK",
-                                          "LAUNCH_LOG", "JOB_MARKER", "STDOUT_LOG", "HELD", "RELEASE")} | {"sweep.json"}
+                                          "LAUNCH_LOG", "JOB_MARKER", "STDOUT_LOG", "HELD", "RELEASE", "EVALS")} | {"sweep.json"}
     found = []
     for top in ("drift", "baselines", "experiments", "analysis", "benchmarks"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, top)):

@@ -43,6 +43,14 @@ def check_world_contract(world, name: str) -> None:
     assert params and all(p.requires_grad for p in params.values())
     extras = world.eval_extras(images.view(1, 2, *images.shape[1:]), prompts[:1])
     assert all(isinstance(val, float) for val in extras.values())
+    per_prompt = world.eval_extras_per_prompt(images.view(1, 2, *images.shape[1:]), prompts[:1])
+    assert set(per_prompt) == set(extras) and all(len(v) == 1 for v in per_prompt.values())
+    for k, v in per_prompt.items():  # one prompt: its value is the mean over prompts
+        assert v[0] == pytest.approx(extras[k], nan_ok=True, rel=1e-5, abs=1e-7), k
+    held = world.heldout_features
+    if held is not None:
+        h = held.embed(images)
+        assert h.shape[0] == 2 and torch.allclose(h.norm(dim=1), torch.ones(2), atol=1e-4)
 
 
 @pytest.mark.parametrize("finetune", ["lora", "full"])

@@ -44,6 +44,9 @@ class World(Protocol):
     """The trained module."""
     features: Any
     """The diversity feature net: ``features.embed(images (B, 3, H, W)) -> (B, D)`` unit-norm rows."""
+    heldout_features: Any
+    """A second feature net with ``features``' interface, for evaluation only (``eval/diversity/heldout``): another
+    seed and objective, never handed to a method. None where the world has none (the key is then absent)."""
     paraphrase: Callable[[Any, Any], str] | None
     """(prompt, random.Random) -> a paraphrase of the prompt's text; None where the world offers none
     (drift.worlds.CAPABILITIES says so without building the world)."""
@@ -78,3 +81,6 @@ class World(Protocol):
 
     def eval_extras(self, images: torch.Tensor, prompts: list) -> dict[str, float]:
         """World-level eval metrics from images (P, S, 3, H, W) of P prompts x S seeds."""
+
+    def eval_extras_per_prompt(self, images: torch.Tensor, prompts: list) -> dict[str, list[float]]:
+        """``eval_extras``' keys, one value per prompt (P floats; NaN where a metric does not apply to a prompt)."""

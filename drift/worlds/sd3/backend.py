@@ -331,15 +331,25 @@ class SD3World(TransformerPolicy):
         heads = self._reward(images, [self.prompt_text(p) for p in prompts])
         return {k: v.float().cpu() for k, v in heads.items()}
 
+    heldout_features = None
+    """No held-out feature net for this world yet (eval/diversity/heldout is absent)."""
+
     def eval_extras(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
         """Monitor rewards (sd3.eval_rewards) of the (P, S, 3, H, W) eval images: monitor/<name> = mean."""
+        return {k: float(v.mean()) for k, v in self._monitor_values(images, prompts).items()}
+
+    def eval_extras_per_prompt(self, images: torch.Tensor, prompts: list[str]) -> dict[str, list[float]]:
+        """monitor/<name> per prompt: the mean over that prompt's S images."""
+        return {k: v.view(images.shape[0], -1).mean(1).tolist() for k, v in self._monitor_values(images, prompts).items()}
+
+    def _monitor_values(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         flat = images.flatten(0, 1)
         texts = [self.prompt_text(p) for p in prompts for _ in range(images.shape[1])]
         out = {}
         for name, model in self._monitors.items():
             bs = self.cfg.reward_batch_size
             vals = torch.cat([model(flat[i : i + bs], texts[i : i + bs]) for i in range(0, len(texts), bs)])
-            out[f"monitor/{name}"] = float(vals.float().mean())
+            out[f"monitor/{name}"] = vals.float()
         return out
 
 

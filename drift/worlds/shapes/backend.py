@@ -7,6 +7,7 @@ loop never branches on the world.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
@@ -20,10 +21,15 @@ from .model import load_pretrained
 from .reward import shapes_reward
 
 
+HELDOUT_FEATURES = os.path.join(os.path.dirname(__file__), "assets", "features_heldout")
+"""The held-out feature network (drift/worlds/shapes/features.py, objective 'denoise'): evaluation only."""
+
+
 class ShapesFeatures:
-    """The committed feature CNN behind the shared FeatureNet interface."""
+    """A committed feature network behind the shared FeatureNet interface."""
 
     def __init__(self, path: str):
+        self.path = path
         self.net = load_features(path)
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -60,6 +66,7 @@ class ShapesWorld(TransformerPolicy):
             p.requires_grad_(False)
         self.setup_finetune(transformer, m)
         self.features = ShapesFeatures(m.features)
+        self.heldout_features = ShapesFeatures(HELDOUT_FEATURES)  # eval/diversity/heldout only; no method sees it
         self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -126,8 +133,8 @@ class ShapesWorld(TransformerPolicy):
         r = self.reward_cfg
         return shapes_reward(images, prompts, r.judge, r.w_judge, r.w_size, r.w_center)
 
-    @staticmethod
-    def eval_extras(images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, float]:
+    @classmethod
+    def eval_extras(cls, images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, float]:
         """Judge-level diversity and quality of (P, S, 3, H, W) eval images.
 
         diversity/position_std: mean over prompts of the std of the object centroid (x and y averaged);
@@ -136,6 +143,17 @@ class ShapesWorld(TransformerPolicy):
         value of that attribute over the S images, divided by log(number of allowed values);
         quality/no_object_frac, quality/tv (mean absolute difference of neighbouring pixels).
         """
+        return cls._judge_level(images, prompts)[0]
+
+    @classmethod
+    def eval_extras_per_prompt(cls, images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, list[float]]:
+        """``eval_extras``' keys, one value per prompt (free_attr_entropy: NaN for a prompt with no free
+        attribute; no_object_frac and tv: over that prompt's images)."""
+        return cls._judge_level(images, prompts)[1]
+
+    @staticmethod
+    def _judge_level(images: torch.Tensor, prompts: list[world.Prompt]) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """(eval_extras, eval_extras_per_prompt) from one judge pass."""
         p, s = images.shape[:2]
         flat = images.flatten(0, 1)
         v = world.judge(flat)
@@ -151,9 +169,10 @@ class ShapesWorld(TransformerPolicy):
 
         pos = 0.5 * (nanstd(cx) + nanstd(cy))
         size = nanstd(area.sqrt())
-        ents = []
+        ents, ent_per_prompt = [], []
         for i, pr in enumerate(prompts):
             if pr.kind == "full":
+                ent_per_prompt.append(float("nan"))
                 continue
             vals, n_allowed = {
                 "free_fg": (v.fg.view(p, s)[i], len(world.FG_COLOURS) - 1),
@@ -163,18 +182,31 @@ class ShapesWorld(TransformerPolicy):
             vals = vals[has[i]]
             if len(vals) == 0:
                 ents.append(0.0)
+                ent_per_prompt.append(0.0)
                 continue
             freq = torch.bincount(vals.clamp(min=0)).float()
             freq = freq[freq > 0] / len(vals)
             ents.append(float(-(freq * freq.log()).sum()) / math.log(n_allowed))
-        tv = (flat[..., 1:, :] - flat[..., :-1, :]).abs().mean() + (flat[..., 1:] - flat[..., :-1]).abs().mean()
-        return {
+            ent_per_prompt.append(ents[-1])
+        dy = (flat[..., 1:, :] - flat[..., :-1, :]).abs()
+        dx = (flat[..., 1:] - flat[..., :-1]).abs()
+        tv = dy.mean() + dx.mean()
+        tv_per_prompt = (dy.view(p, -1).mean(1) + dx.view(p, -1).mean(1)) / 2
+        scalars = {
             "diversity/position_std": float(pos.mean()),
             "diversity/size_std": float(size.mean()),
             "diversity/free_attr_entropy": float(sum(ents) / len(ents)) if ents else float("nan"),
             "quality/no_object_frac": float(1 - has.float().mean()),
             "quality/tv": float(tv / 2),
         }
+        per_prompt = {
+            "diversity/position_std": pos.tolist(),
+            "diversity/size_std": size.tolist(),
+            "diversity/free_attr_entropy": ent_per_prompt,
+            "quality/no_object_frac": (1 - has.float().mean(1)).tolist(),
+            "quality/tv": tv_per_prompt.tolist(),
+        }
+        return scalars, per_prompt
 
 
 __all__ = ["ShapesWorld", "ShapesFeatures"]

@@ -1,6 +1,17 @@
-"""The shapes world's diversity feature network (its "DreamSim"), and the script that trains it.
+"""The shapes world's feature networks (its "DreamSim"), and the script that trains them.
 
     python -m drift.worlds.shapes.features --out drift/worlds/shapes/assets/features
+    python -m drift.worlds.shapes.features --objective denoise --seed 1 --out drift/worlds/shapes/assets/features_heldout
+
+Two networks, one interface (images (B, 3, 32, 32) in [0, 1] -> unit-norm embeddings; distance = 1 - cos):
+
+* ``features`` (objective ``scene_distance``): the network behind ``model.features``, used by the diversity
+  bonuses of the methods and by ``eval/diversity``. Described below.
+* ``features_heldout`` (objective ``denoise``, another seed, another architecture and augmentation set): a
+  denoising autoencoder whose unit-norm bottleneck is the embedding. It is used by evaluation only
+  (``eval/diversity/heldout``); no method sees it, so no method can optimise it directly.
+
+The ``scene_distance`` network:
 
 A small CNN maps an image (B, 3, 32, 32) in [0, 1] to an L2-normalised 32-d embedding. It is
 trained on ground-truth renders so that the cosine distance between two embeddings matches a
@@ -14,6 +25,13 @@ with c the object centre and s the half-size, both divided by the image side. Th
 image of one prompt to nearly the same point. Batches hold 4 scenes per prompt so that
 within-prompt pairs are well represented; inputs are augmented (noise, blur, colour jitter) so that
 imperfect generated images embed sensibly.
+
+The ``denoise`` network: an encoder maps a corrupted render to a 32-d vector e = normalise(f(x~)); a
+decoder reconstructs the clean render from e alone; loss = mean squared error to the clean render. The
+corruption (``corrupt``) is another set than the first network's: strong Gaussian pixel noise, random
+4x4 cut-outs filled with noise, per-image contrast changes and a quantisation to few grey levels, no
+blur. Nothing in its objective names a scene attribute: whatever it encodes (colours, position, size,
+shape) it encodes because the pixels need it.
 """
 
 from __future__ import annotations
@@ -76,7 +94,55 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def load_features(path: str) -> ShapesFeatureNet:
+def corrupt(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The held-out network's input corruption (module docstring): noise, cut-outs, contrast, quantisation."""
+    b, _, h, w = x.shape
+    x = 0.5 + (x - 0.5) * (0.6 + 0.6 * torch.rand(b, 1, 1, 1, generator=g))  # contrast
+    x = x + torch.rand(b, 1, 1, 1, generator=g) * 0.2 * torch.randn(x.shape, generator=g)
+    for _ in range(2):  # two 4x4 cut-outs per image, filled with noise
+        cy = torch.randint(0, h - 4, (b,), generator=g)
+        cx = torch.randint(0, w - 4, (b,), generator=g)
+        ys = (torch.arange(h).view(1, -1, 1) - cy.view(-1, 1, 1)).clamp(min=-1)
+        xs = (torch.arange(w).view(1, 1, -1) - cx.view(-1, 1, 1)).clamp(min=-1)
+        hole = ((ys >= 0) & (ys < 4) & (xs >= 0) & (xs < 4)).unsqueeze(1)
+        x = torch.where(hole, torch.rand(x.shape, generator=g), x)
+    levels = torch.where(torch.rand(b, 1, 1, 1, generator=g) < 0.3, 4.0, 255.0)
+    x = torch.round(x.clamp(0, 1) * levels) / levels
+    return x.clamp(0, 1)
+
+
+class DenoisingAutoencoder(nn.Module):
+    """The held-out network: encoder -> unit-norm bottleneck (the embedding) -> decoder (training only)."""
+
+    def __init__(self, dim: int = EMBED_DIM):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 24, 4, stride=2, padding=1), nn.SiLU(),  # 16
+            nn.Conv2d(24, 48, 4, stride=2, padding=1), nn.SiLU(),  # 8
+            nn.Conv2d(48, 96, 4, stride=2, padding=1), nn.SiLU(),  # 4
+            nn.Flatten(), nn.Linear(96 * 16, dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(dim, 96 * 16), nn.SiLU(), nn.Unflatten(1, (96, 4, 4)),
+            nn.ConvTranspose2d(96, 48, 4, stride=2, padding=1), nn.SiLU(),  # 8
+            nn.ConvTranspose2d(48, 24, 4, stride=2, padding=1), nn.SiLU(),  # 16
+            nn.ConvTranspose2d(24, 3, 4, stride=2, padding=1), nn.Sigmoid(),  # 32
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, 32, 32) in [0, 1] -> unit-norm embeddings (B, dim)."""
+        return F.normalize(self.encoder(images * 2 - 1), dim=-1)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self(images))
+
+
+OBJECTIVES = {"scene_distance": ShapesFeatureNet, "denoise": DenoisingAutoencoder}
+"""config.json's "objective" -> the network class (a config.json without it is the first network's)."""
+
+
+def load_features(path: str) -> nn.Module:
+    """The feature network of a folder (model.safetensors + config.json), in eval mode."""
     from safetensors.torch import load_file
 
     file = os.path.join(path, "model.safetensors")
@@ -84,7 +150,10 @@ def load_features(path: str) -> ShapesFeatureNet:
         raise FileNotFoundError(f"feature network {file!r} not found; train it with `python -m drift.worlds.shapes.features`")
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
-    net = ShapesFeatureNet(cfg["dim"])
+    objective = cfg.get("objective", "scene_distance")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"{path}/config.json: objective={objective!r}; must be one of {sorted(OBJECTIVES)}")
+    net = OBJECTIVES[objective](cfg["dim"])
     net.load_state_dict({k: v.float() for k, v in load_file(file).items()})
     return net.eval()
 
@@ -118,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="drift/worlds/shapes/assets/features")
+    ap.add_argument("--objective", default="scene_distance", choices=sorted(OBJECTIVES))
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--prompts-per-batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -128,19 +198,22 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    net = ShapesFeatureNet()
+    net = OBJECTIVES[args.objective]()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     prompts = world.all_prompts()
     t0 = time.time()
-    bar = tqdm(range(args.steps), desc="features", mininterval=5)
+    bar = tqdm(range(args.steps), desc=f"features ({args.objective})", mininterval=5)
     for step in bar:
         idx = torch.randint(0, len(prompts), (args.prompts_per_batch,), generator=g).tolist()
         chosen = [prompts[i] for i in idx for _ in range(4)]
         scenes = world.sample_scenes(chosen, g)
-        e = net(augment(world.render(scenes), g))
-        d = 1 - e @ e.T
-        loss = F.smooth_l1_loss(d, scene_distance(scenes), beta=0.05)
+        clean = world.render(scenes)
+        if args.objective == "denoise":
+            loss = F.mse_loss(net.reconstruct(corrupt(clean, g)), clean)
+        else:
+            e = net(augment(clean, g))
+            loss = F.smooth_l1_loss(1 - e @ e.T, scene_distance(scenes), beta=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -151,15 +224,22 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     file = os.path.join(args.out, "model.safetensors")
     save_file({k: v.detach().half().contiguous() for k, v in net.state_dict().items()}, file)
+    config = {"dim": EMBED_DIM} if args.objective == "scene_distance" else {"dim": EMBED_DIM, "objective": args.objective}
     with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({"dim": EMBED_DIM}, f)
+        json.dump(config, f)
     net = load_features(args.out)  # report on the weights as saved (fp16)
+    what = {"scene_distance": "shapes-world diversity feature network: CNN -> unit 32-d embedding; distance = 1 - cos",
+            "denoise": "shapes-world held-out (evaluation-only) feature network: denoising autoencoder, unit 32-d "
+                       "bottleneck as the embedding; distance = 1 - cos"}[args.objective]
+    objective = {"scene_distance": "smooth-L1 between 1 - cos(e_i, e_j) and the scene distance d*(i, j)",
+                 "denoise": "MSE between decoder(normalise(encoder(corrupt(x)))) and the clean render x"}[args.objective]
     card = {
-        "what": "shapes-world diversity feature network: CNN -> unit 32-d embedding; distance = 1 - cos",
+        "what": what,
         "recipe": {"command": "python -m drift.worlds.shapes.features " + " ".join(sys.argv[1:] if argv is None else argv), **vars(args),
-                   "objective": "smooth-L1 between 1 - cos(e_i, e_j) and the scene distance d*(i, j)"},
+                   "objective": objective},
         "params": sum(p.numel() for p in net.parameters()),
         "train_seconds": round(train_s, 1),
+        "final_loss": round(loss.item(), 5),
         "quality": quality_report(net),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "files": {n: {"bytes": os.path.getsize(os.path.join(args.out, n)), "sha256": sha256_of(os.path.join(args.out, n))}

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--snapshot-every", type=int, default=1000, help="also write the EMA model every N steps")
     ap.add_argument("--eval-samples", type=int, default=512)
+    ap.add_argument("--init", default="", help="start from this model folder's weights (a continuation run, to "
+                    "measure what longer pretraining buys; the optimiser state starts fresh) instead of from scratch")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,6 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer, text, transformer = build_model(args.seed)
+    if args.init:
+        from .model import load_pretrained
+
+        _, text_init, tr_init = load_pretrained(args.init)
+        text.load_state_dict({k: v.float() for k, v in text_init.state_dict().items()})
+        transformer.load_state_dict({k: v.float() for k, v in tr_init.state_dict().items()})
     params = list(text.parameters()) + list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_text, ema_tr = copy.deepcopy(text).eval(), copy.deepcopy(transformer).eval()

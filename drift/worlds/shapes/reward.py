@@ -11,6 +11,11 @@ colours, and it is indifferent to free attributes, position and size -- many set
 The size term plays the part of a PickScore-like aesthetic bias (people prefer big, clear subjects):
 it can be satisfied by many different images, but pushes every prompt towards one mode (large,
 hence central, objects). That is the collapse the suite studies; see docs/shapes_world.md.
+
+Heads beside 'reward' (not part of it): 'judge', 'judge_all', 'size' (= area), 'center' (= centring),
+'object' (1 iff the judge found an object), and the judged object position 'pos_x', 'pos_y' (centroid /
+image side, in [0, 1]; 0.5 where no object was found -- read 'object' to tell). The geometry heads let a
+method see judge-level position and size (the positive control baselines/oracle_spread.py).
 """
 
 from __future__ import annotations
@@ -32,5 +37,6 @@ def shapes_reward(images: torch.Tensor, prompts: list[world.Prompt], judge: str 
     centre = torch.stack([v.cx, v.cy], 1) - 0.5
     centring = torch.nan_to_num((1 - centre.norm(dim=1) / 0.5).clamp(min=0), nan=0.0)
     total = w_judge * j + w_size * v.area + w_center * centring
+    pos_x, pos_y = (torch.nan_to_num(t, nan=0.5) for t in (v.cx, v.cy))
     return {"reward": total, "judge": partial, "judge_all": c["all"], "size": v.area, "center": centring,
-            "object": c["object"]}
+            "object": c["object"], "pos_x": pos_x, "pos_y": pos_y}
