@@ -223,7 +223,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, state.g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features,
                                            draw_eps=dist.sliced_randn(state.g_sample, rows, bp.images),
-                                           step_cond=hooks.step_cond, micro_batch=S.micro_batch)
+                                           step_cond=hooks.step_cond, step_uncond=hooks.step_uncond, micro_batch=S.micro_batch)
             m["sys/sample_seconds"] = sw.lap()
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method), features
