@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from .components.cads import CADS_DEFAULTS, anneal_cond, draw_noise_like
 from .diversity import mean_pairwise_distance, vendi_score
 from .sampling import sample_trajectories
 
 EVAL_NOISE_SEED = 2026  # the same eval noise for every run, method and seed
+EVAL_CADS_SEED = 2027  # eval.conditioning='cads': the same conditioning noise for every run, method and seed
+CONDITIONINGS = ("clean", "cads")
 
 
 def eval_noise(world, num_prompts: int, seeds: int) -> torch.Tensor:
@@ -24,19 +27,29 @@ def eval_noise(world, num_prompts: int, seeds: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: float, shift: float,
-             batch: int = 256, micro_batch: int = 0) -> tuple[dict[str, float], torch.Tensor]:
+             batch: int = 256, micro_batch: int = 0, conditioning: str = "clean") -> tuple[dict[str, float], torch.Tensor]:
     """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
-    call (sample.micro_batch; 0 = each batch of ``batch`` in one call)."""
+    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``conditioning`` (eval.conditioning):
+    'clean', or 'cads' = the conditional branch annealed per step (drift.components.cads.anneal_cond with CADS's
+    defaults) with one noise per (prompt, seed) from a fixed generator (cads_eval_noise), whatever the method."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning={conditioning!r}: must be one of {CONDITIONINGS}")
     p, s = noise.shape[:2]
     texts = [world.prompt_text(pr) for pr in prompts for _ in range(s)]
     flat_noise = noise.flatten(0, 1)
     sigmas = world.sigma_schedule(num_steps, shift)
     g = torch.Generator().manual_seed(0)  # unused at noise level 0
+    cads_noise = cads_eval_noise(world.encode(texts[:1]), len(texts)) if conditioning == "cads" else None
     images = []
     for i in range(0, len(texts), batch):
         cond = world.encode(texts[i : i + batch])
         uncond = world.encode([""] * len(cond))
-        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch)
+        step_cond = None
+        if cads_noise is not None:
+            n_i = cads_noise.index(slice(i, i + len(cond)))
+            step_cond = lambda c, j, T, n_i=n_i: anneal_cond(c, n_i, j, T, **CADS_DEFAULTS)  # noqa: E731
+        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch,
+                                 step_cond=step_cond)
         images.append(tr.images)
     images = torch.cat(images)
     prompts_rep = [pr for pr in prompts for _ in range(s)]
@@ -51,6 +64,16 @@ def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: flo
     images = images.view(p, s, *images.shape[1:])
     metrics.update({f"eval/{k}": v for k, v in world.eval_extras(images, prompts).items()})
     return metrics, images
+
+
+def cads_eval_noise(example, rows: int):
+    """The evaluation's CADS noise: one N(0, I) draw per image row, shaped like the conditioning ``example``
+    (one row), from the fixed generator EVAL_CADS_SEED; drawn at once, so it does not depend on the batching."""
+    from .worlds.types import Cond
+
+    g = torch.Generator().manual_seed(EVAL_CADS_SEED)
+    return draw_noise_like(Cond(example.hidden.expand(rows, *example.hidden.shape[1:]),
+                                example.pooled.expand(rows, *example.pooled.shape[1:])), g)
 
 
 def prompts_from_file(world, path: str) -> list:
@@ -109,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seeds, steps = a.seeds or cfg.eval.seeds, a.steps or cfg.eval.num_steps
     m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds), steps, cfg.sample.cfg, cfg.sample.shift,
-                       micro_batch=cfg.sample.micro_batch)
+                       micro_batch=cfg.sample.micro_batch, conditioning=cfg.eval.conditioning)
     out = a.out or os.path.join(a.source, "evaluation")
     os.makedirs(out, exist_ok=True)
     rows = min(len(prompts), cfg.eval.grid_prompts)

@@ -322,7 +322,7 @@ class EvalSet:
         t, S = time.time(), self.cfg.sample
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
-                               micro_batch=S.micro_batch)
+                               micro_batch=S.micro_batch, conditioning=self.cfg.eval.conditioning)
         grid = RunDir(run_dir).eval_grid(step)
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         n, c = self.cfg.eval.grid_prompts, self.cfg
