@@ -211,7 +211,8 @@ def task_advantages(o: Options, inp: AdvInput) -> tuple[torch.Tensor, dict[str, 
     judge = inp.heads.get("judge")
     if o.subset == "outlier":  # K = G: the kept rewards are every candidate's
         keep = outliers.outlier_mask(inp.task_rewards, o.kappa)
-        adv = outliers.masked_advantages(inp.rewards, keep, inp.std_eps, inp.clip)
+        # = outliers.masked_advantages (statistics of all finite candidates), and with train.global_std the batch std
+        adv = torch.where(keep.view(*keep.shape, *([1] * (adv.ndim - 2))), adv, torch.zeros_like(adv))
         stats["drift/std_kept_over_all"] = outliers.kept_std_ratio(inp.task_rewards, keep)
         stats["drift/dropped_frac"] = float((~keep).float().mean())
         if judge is not None:
@@ -331,7 +332,7 @@ def validate(cfg) -> None:
     if o.prompt in ("paraphrase", "both"):
         check(offers(cfg.model.world, "paraphrase"), "drift.prompt", o.prompt,
               f"model.world={cfg.model.world!r} offers no paraphrases (drift.worlds.CAPABILITIES); use 'cads' or 'embed'")
-    if o.subset in ("outlier", "robust") or o.subset_stats == "all":
+    if o.subset == "robust" or o.subset_stats == "all":
         check(not cfg.train.global_std, "train.global_std", cfg.train.global_std,
               f"must be false with drift.subset={o.subset!r} (drift.subset_stats={o.subset_stats!r}): "
               "that rule sets the advantages' statistics per group")

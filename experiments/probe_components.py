@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from drift import drift_method as dm  # noqa: E402
 from drift.components import outliers  # noqa: E402
+from drift.components.bonus import conditional_correlation  # noqa: E402
 from drift.components.subset import select_densest  # noqa: E402
 from drift.config import make_config  # noqa: E402
 from drift.contract import AdvInput, ShapeInput, VaryInput  # noqa: E402
@@ -110,7 +111,13 @@ def main(argv=None) -> int:
     wrong = heads["judge_all"] < 0.5
     print(f"success (judge_all) share: {1 - wrong.float().mean():.3f}; d level {d.mean():.3f}, within-group std "
           f"{d.std(1, unbiased=False).mean():.3f}")
-    forms = {"O1 drive": dict(shaping="drive"), "O2 decoupled": dict(shaping="decoupled", lam=0.5),
+    S = ~wrong
+    out["task_vs_div"] = {"corr_r_d_given_success": conditional_correlation(r, d, S),
+                          "corr_size_d_given_success": conditional_correlation(heads["size"], d, S)}
+    print(f"among successes: corr(r, d) {out['task_vs_div']['corr_r_d_given_success']:.3f}, corr(size, d) "
+          f"{out['task_vs_div']['corr_size_d_given_success']:.3f} (the task reward's own ordering that a bonus must beat)")
+    forms = {"O1 drive": dict(shaping="drive"), **{f"O1 drive a={a_}": dict(shaping="drive", lam=a_) for a_ in (0.2, 0.5)},
+             **{f"O2 decoupled a={a_}": dict(shaping="decoupled", lam=a_) for a_ in (0.5, 1.0)},
              "O3 gardo": dict(shaping="gardo"), "v1 terminal": dict(shaping="terminal", lam=1.0, subset="none")}
     for name, kw in forms.items():
         oo = dm.Options(**{**vars(o), "prompt": "none", **kw})
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
         row = {"bonus_to_incorrect": float(paid[wrong].mean()) if wrong.any() else 0.0,
                "corr_adv_div_given_gate": am["drift/corr_adv_div_given_gate"], "corr_adv_div": am["drift/corr_adv_div"]}
         out[name] = row
-        print(f"{name:13s}: bonus to incorrect {row['bonus_to_incorrect']:.4f}; corr(A, d | gate) "
+        print(f"{name:19s}: bonus to incorrect {row['bonus_to_incorrect']:.4f}; corr(A, d | gate) "
               f"{row['corr_adv_div_given_gate']:.3f}; corr(A, d) all {row['corr_adv_div']:.3f}")
 
     # ---- CADS conditioning: per-step cosine, replay ratio, judge and spreads -------------------------
