@@ -219,10 +219,14 @@ class EvalConfig:
     split: str = "test"
     """Prompts evaluated on: 'test' (the held-out eval split, noise seed 2026; judging) or 'validation' (the
     carve-out of the training prompts, noise seed 4242; tuning only). drift/evaluate.py EVAL_NOISE_SEEDS."""
+    conditioning: str = "clean"
+    """Conditioning of the evaluation sampler, for every method alike: 'clean' (the prompt's embedding) or 'cads'
+    (CADS condition annealing with its published defaults and a fixed noise per (prompt, seed); drift/evaluate.py)."""
 
     def __post_init__(self):
         check(self.split in EVAL_SPLITS, "eval.split", self.split, f"must be one of {EVAL_SPLITS}")
         check(self.every >= 1, "eval.every", self.every, "must be >= 1")
+        check(self.conditioning in ("clean", "cads"), "eval.conditioning", self.conditioning, "must be 'clean' or 'cads'")
         check(self.num_prompts >= 1, "eval.num_prompts", self.num_prompts, "must be >= 1")
         check(self.seeds >= 2, "eval.seeds", self.seeds, "must be >= 2: diversity needs pairs")
         check(self.num_steps >= 1, "eval.num_steps", self.num_steps, "must be >= 1")

@@ -5,8 +5,9 @@ The training loop (drift/train.py) calls, in this order, per iteration:
 1. ``vary_prompts``   -- before sampling: per-sample conditioning (e.g. noise on prompt embeddings,
                          paraphrases). Rewards are always computed against the original prompt.
 2. sampling of ``oversample * G`` candidates per prompt with per-step log-probs, where the
-   conditioning of denoising step j is ``step_cond(cond, j, T)`` -- the same function, on the same
-   rows, in the PPO replay, so the ratio is exactly 1 before the first update; rewards of every
+   conditioning of denoising step j is ``step_cond(cond, j, T)`` (and of the unconditional CFG branch
+   ``step_uncond(uncond, cond, j, T)``) -- the same functions, on the same rows, in the PPO replay, so
+   the ratio is exactly 1 before the first update; rewards of every
    candidate (every reward head of the world);
 3. ``select_subset``  -- after rewards: which G candidates of each group are trained on;
 4. ``shape_rewards``  -- with the kept samples' rewards, reward heads and diversity features (final
@@ -127,6 +128,11 @@ def cond_identity(cond: Cond, step_index: int, num_steps: int) -> Cond:
     return cond
 
 
+def uncond_identity(uncond: Cond, cond: Cond, step_index: int, num_steps: int) -> Cond:
+    """Flow-GRPO: the unconditional branch sees the empty prompt's conditioning at every step."""
+    return uncond
+
+
 @dataclass(frozen=True)
 class Regulariser:
     """A loss term added per trained step, and what it needs from the engine."""
@@ -180,6 +186,10 @@ class Hooks:
     """(cond, step index j, T) -> the conditioning of denoising step j. Pure and row-wise (row i of the
     result depends on row i of ``cond`` only, no random draws): it runs on the sampled batch and again,
     on micro-batches of the kept rows, in the PPO replay, and both must agree bit for bit."""
+    step_uncond: Callable[[Cond, Cond, int, int], Cond] = uncond_identity
+    """(uncond, cond, step index j, T) -> the unconditional branch's conditioning of step j, given the rows'
+    (possibly per-sample-noise-carrying) ``cond``. Pure and row-wise like ``step_cond``; the same in
+    sampling and replay."""
     regulariser: Regulariser | None = None
     needs_step_features: bool = False
 
@@ -238,4 +248,5 @@ def method_spec(name: str) -> MethodSpec:
 
 
 __all__ = ["VaryInput", "SelectInput", "ShapeInput", "AdvInput", "RegInput", "Regulariser", "Hooks", "MethodSpec",
-           "NoOptions", "METHODS", "RANK_REDUCTIONS", "method_spec", "kl_regulariser", "group_relative", "cond_identity"]
+           "NoOptions", "METHODS", "RANK_REDUCTIONS", "method_spec", "kl_regulariser", "group_relative", "cond_identity",
+           "uncond_identity"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .components.cads import CADS_DEFAULTS, anneal_cond, draw_noise_like
 from .diversity import mean_pairwise_distance, vendi_score
 from .sampling import sample_trajectories
 
@@ -24,6 +25,8 @@ EVAL_NOISE_SEEDS = {"test": 2026, "validation": 4242}
 """The fixed evaluation noise per eval.split: the same for every run, method and seed; tuning (validation)
 never sees the judging (test) noise."""
 EVAL_NOISE_SEED = EVAL_NOISE_SEEDS["test"]
+EVAL_CADS_SEED = 2027  # eval.conditioning='cads': the same conditioning noise for every run, method and seed
+CONDITIONINGS = ("clean", "cads")
 
 
 def eval_noise(world, num_prompts: int, seeds: int, split: str = "test") -> torch.Tensor:
@@ -34,20 +37,32 @@ def eval_noise(world, num_prompts: int, seeds: int, split: str = "test") -> torc
 
 @torch.no_grad()
 def evaluate(world, prompts: list, noise: torch.Tensor, num_steps: int, cfg: float, shift: float,
-             batch: int = 256, micro_batch: int = 0, per_prompt: dict | None = None) -> tuple[dict[str, float], torch.Tensor]:
+             batch: int = 256, micro_batch: int = 0, conditioning: str = "clean",
+             per_prompt: dict | None = None) -> tuple[dict[str, float], torch.Tensor]:
     """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
-    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``per_prompt``: a dict to fill with
-    every metric's per-prompt values ({key: [P floats]}, ``eval_metrics``), or None."""
+    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``conditioning`` (eval.conditioning):
+    'clean', or 'cads' = the conditional branch annealed per step (drift.components.cads.anneal_cond with CADS's
+    defaults) with one noise per (prompt, seed) from a fixed generator (cads_eval_noise), whatever the method.
+    ``per_prompt``: a dict to fill with every metric's per-prompt values ({key: [P floats]}, ``eval_metrics``),
+    or None."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning={conditioning!r}: must be one of {CONDITIONINGS}")
     p, s = noise.shape[:2]
     texts = [world.prompt_text(pr) for pr in prompts for _ in range(s)]
     flat_noise = noise.flatten(0, 1)
     sigmas = world.sigma_schedule(num_steps, shift)
     g = torch.Generator().manual_seed(0)  # unused at noise level 0
+    cads_noise = cads_eval_noise(world.encode(texts[:1]), len(texts)) if conditioning == "cads" else None
     images = []
     for i in range(0, len(texts), batch):
         cond = world.encode(texts[i : i + batch])
         uncond = world.encode([""] * len(cond))
-        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch)
+        step_cond = None
+        if cads_noise is not None:
+            n_i = cads_noise.index(slice(i, i + len(cond)))
+            step_cond = lambda c, j, T, n_i=n_i: anneal_cond(c, n_i, j, T, **CADS_DEFAULTS)  # noqa: E731
+        tr = sample_trajectories(world, cond, uncond, flat_noise[i : i + batch], sigmas, 0.0, cfg, g, micro_batch=micro_batch,
+                                 step_cond=step_cond)
         images.append(tr.images)
     images = torch.cat(images)
     images = images.view(p, s, *images.shape[1:])
@@ -88,6 +103,16 @@ def eval_metrics(world, images: torch.Tensor, prompts: list) -> tuple[dict[str, 
     per_prompt = {k: [float(x) for x in v.tolist()] for k, v in per.items()}
     per_prompt.update({f"eval/{k}": [float(x) for x in v] for k, v in world.eval_extras_per_prompt(images, prompts).items()})
     return metrics, per_prompt
+
+
+def cads_eval_noise(example, rows: int):
+    """The evaluation's CADS noise: one N(0, I) draw per image row, shaped like the conditioning ``example``
+    (one row), from the fixed generator EVAL_CADS_SEED; drawn at once, so it does not depend on the batching."""
+    from .worlds.types import Cond
+
+    g = torch.Generator().manual_seed(EVAL_CADS_SEED)
+    return draw_noise_like(Cond(example.hidden.expand(rows, *example.hidden.shape[1:]),
+                                example.pooled.expand(rows, *example.pooled.shape[1:])), g)
 
 
 def prompts_from_file(world, path: str) -> list:
@@ -145,8 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seeds, steps = a.seeds or cfg.eval.seeds, a.steps or cfg.eval.num_steps
-    m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds, cfg.eval.split), steps, cfg.sample.cfg, cfg.sample.shift,
-                       micro_batch=cfg.sample.micro_batch)
+             batch: int = 256, micro_batch: int = 0, conditioning: str = "clean",
+             per_prompt: dict | None = None) -> tuple[dict[str, float], torch.Tensor]:
+    """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
+    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``conditioning`` (eval.conditioning):
+    'clean', or 'cads' = the conditional branch annealed per step (drift.components.cads.anneal_cond with CADS's
+    defaults) with one noise per (prompt, seed) from a fixed generator (cads_eval_noise), whatever the method.
+    ``per_prompt``: a dict to fill with every metric's per-prompt values ({key: [P floats]}, ``eval_metrics``),
+    or None."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning={conditioning!r}: must be one of {CONDITIONINGS}")
     out = a.out or os.path.join(a.source, "evaluation")
     os.makedirs(out, exist_ok=True)
     rows = min(len(prompts), cfg.eval.grid_prompts)

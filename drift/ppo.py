@@ -57,10 +57,11 @@ def ppo_update(state, world, hooks, traj, cond, uncond, adv: torch.Tensor, sigma
     for j in range(n_train):
         adv_j = adv if adv.ndim == 1 else adv[:, j]
         cond_j = hooks.step_cond(cond, j, T)  # as at sampling time (drift.sampling.sample_trajectories)
+        uncond_j = hooks.step_uncond(uncond, cond, j, T)
         for s0 in range(0, B, mb):
             sl = slice(s0, s0 + mb)
             x_j, x_next = traj.xs[sl, j], traj.xs[sl, j + 1]
-            c, u = cond_j.index(sl), uncond.index(sl)
+            c, u = cond_j.index(sl), uncond_j.index(sl)
             out = policy_step(world, x_j, x_next, j, sigmas, c, u, S, detach_uncond)
             policy, diag = ppo_clip_loss(adv_j[sl], out.log_prob, traj.log_probs[sl, j], tc.clip_range)
             loss = policy

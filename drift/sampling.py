@@ -66,13 +66,15 @@ class Trajectories:
 @torch.no_grad()
 def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Tensor, sigmas: torch.Tensor,
                         noise_level: float, cfg: float, generator: torch.Generator, sde_type: str = "sde",
-                        record_x0: bool = False, draw_eps=None, step_cond=None, micro_batch: int = 0) -> Trajectories:
+                        record_x0: bool = False, draw_eps=None, step_cond=None, micro_batch: int = 0,
+                        step_uncond=None) -> Trajectories:
     """Run the flow-SDE from ``noise`` along ``sigmas``, recording states and log-probs.
 
     With noise_level = 0 this is the Euler ODE (log-probs are zeros). Each step's noise comes from
     ``draw_eps(shape, device)`` if given (multi-process runs: drift.distributed.sliced_randn), else
     from ``generator``. ``step_cond(cond, i, T)``, if given, is the conditioning of step i (the method's
-    per-step conditioning, drift.contract.Hooks.step_cond; the PPO replay applies it identically).
+    per-step conditioning, drift.contract.Hooks.step_cond; the PPO replay applies it identically), and
+    ``step_uncond(uncond, cond, i, T)`` that of the unconditional branch (Hooks.step_uncond).
     ``micro_batch`` (sample.micro_batch) bounds the rows per transformer call (x2 with CFG); the noise is
     drawn for the whole batch, so the trajectories do not depend on it.
     """
@@ -82,7 +84,8 @@ def sample_trajectories(world, cond: Cond, uncond: Cond | None, noise: torch.Ten
     for i in range(len(sigmas) - 1):
         s = sigmas[i]
         c = cond if step_cond is None else step_cond(cond, i, len(sigmas) - 1)
-        v = sliced_guided_velocity(world, x, s, c, uncond, cfg, micro_batch)
+        u = uncond if step_uncond is None or uncond is None else step_uncond(uncond, cond, i, len(sigmas) - 1)
+        v = sliced_guided_velocity(world, x, s, c, u, cfg, micro_batch)
         if record_x0:
             x0s.append(x0_from_v(x, v, s))
         eps = draw_eps(x.shape, x.device) if draw_eps is not None else None

@@ -223,7 +223,7 @@ def train(cfg: RunConfig, progress: bool = True, allow_changes: bool = False, on
                 traj = sample_trajectories(world, cond, uncond, noise, sigmas, S.noise_level, S.cfg, state.g_sample,
                                            S.sde_type, record_x0=hooks.needs_step_features,
                                            draw_eps=dist.sliced_randn(state.g_sample, rows, bp.images),
-                                           step_cond=hooks.step_cond, micro_batch=S.micro_batch)
+                                           step_cond=hooks.step_cond, step_uncond=hooks.step_uncond, micro_batch=S.micro_batch)
             m["sys/sample_seconds"] = sw.lap()
             # ============================================================================================
             # ALGO 2: rewards (always against the original prompt), subset selection (method), features
@@ -322,7 +322,8 @@ class EvalSet:
         t, S, per_prompt = time.time(), self.cfg.sample, {}
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
-                               micro_batch=S.micro_batch, per_prompt=per_prompt)
+                               micro_batch=S.micro_batch, conditioning=self.cfg.eval.conditioning,
+                               per_prompt=per_prompt)
         texts = [world.prompt_text(p) for p in self.prompts]
         dist.on_main(lambda: RunDir(run_dir).write_eval_per_prompt(step, texts, per_prompt))
         grid = RunDir(run_dir).eval_grid(step)

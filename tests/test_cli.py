@@ -132,7 +132,7 @@ def test_a_sweep_point_logs_cli_names_tags_every_grid_and_heartbeats(tmp_path, c
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     params, tags = run.data.params, run.data.tags
-    assert params["drift.lam"] == "1.0" and params["drift.subset"] == "densest"
+    assert params["drift.lam"] == "1.0" and params["drift.subset"] == "outlier"
     assert not any(k.startswith("options.") for k in params), sorted(params)
     assert params["train.iterations"] == "2"
     assert tags["grid"] == "smoke" and tags["arm"] == "drift" and tags["knob.drift.lam"] == "1.0"

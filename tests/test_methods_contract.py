@@ -15,20 +15,32 @@ TINY = {
     "tracking_uri": "none",
 }
 
+V1 = {"drift.subset": "densest", "drift.prompt": "embed", "drift.shaping": "terminal", "drift.lam": "1.0"}
+"""The first DRIFT's components (its defaults before v2)."""
+
 # name -> (overrides, metric keys the method must log)
 METHODS = {
     "flow_grpo": ({"method": "flow_grpo"}, []),
     "flow_grpo_kl": ({"method": "flow_grpo_kl", "flow_grpo_kl.beta": "0.04"}, ["loss/kl"]),
     "diverse_grpo": ({"method": "diverse_grpo"}, ["diverse/bonus_mean", "diverse/clusters", "loss/sa_reg"]),
     "oracle_spread": ({"method": "oracle_spread"}, ["oracle/spread_mean", "oracle/bonus_mean"]),
-    "drift": ({"method": "drift"}, ["drift/dropped_high", "drift/dropped_low", "drift/prompt_scale", "drift/bonus_mean"]),
-    "drift_per_step": ({"method": "drift", "drift.shaping": "per_step"}, ["drift/bonus_mean"]),
-    "drift_paraphrase_kl": ({"method": "drift", "drift.prompt": "both", "drift.beta": "0.01"}, ["loss/kl"]),
-    "drift-no-subset": ({"method": "drift", "drift.subset": "none"}, ["drift/prompt_scale", "drift/bonus_mean"]),
-    "drift-no-prompt": ({"method": "drift", "drift.prompt": "none"}, ["drift/dropped_high", "drift/bonus_mean"]),
-    "drift-no-shaping": ({"method": "drift", "drift.shaping": "none"}, ["drift/dropped_high", "drift/prompt_scale"]),
-    "drift-subset-only": ({"method": "drift", "drift.prompt": "none", "drift.shaping": "none"}, ["drift/dropped_high"]),
-    "drift-prompt-only": ({"method": "drift", "drift.subset": "none", "drift.shaping": "none"}, ["drift/prompt_scale"]),
+    "drift": ({"method": "drift"}, ["drift/std_kept_over_all", "drift/judge_levels_kept", "drift/cads_scale",
+                                    "drift/bonus_mean", "drift/bonus_to_incorrect", "drift/corr_adv_div_given_gate"]),
+    "drift_kl_robust_decoupled": ({"method": "drift", "drift.kl_beta": "0.04", "drift.subset": "robust",
+                                   "drift.shaping": "decoupled", "drift.lam": "0.5", "drift.cads_uncond": "true"},
+                                  ["loss/kl", "drift/robust_clipped_frac", "drift/corr_adv_div_given_gate"]),
+    "drift_window_all_stats": ({"method": "drift", "drift.subset": "densest", "drift.subset_stats": "all",
+                                "drift.shaping": "drive", "drift.prompt": "paraphrase"}, ["drift/std_kept_over_all"]),
+    "drift_outlier_gardo": ({"method": "drift", "drift.shaping": "gardo", "drift.gardo_divide_std": "true"},
+                            ["drift/corr_adv_div_given_gate"]),
+    "drift-v1": ({"method": "drift", **V1}, ["drift/dropped_high", "drift/dropped_low", "drift/prompt_scale",
+                                             "drift/bonus_mean"]),
+    "drift-v1_paraphrase_kl": ({"method": "drift", **V1, "drift.prompt": "both", "drift.kl_beta": "0.01"}, ["loss/kl"]),
+    "drift-no-subset": ({"method": "drift", "drift.subset": "none"}, ["drift/cads_scale", "drift/bonus_mean"]),
+    "drift-no-prompt": ({"method": "drift", "drift.prompt": "none"}, ["drift/std_kept_over_all", "drift/bonus_mean"]),
+    "drift-no-shaping": ({"method": "drift", "drift.shaping": "none"}, ["drift/std_kept_over_all", "drift/cads_scale"]),
+    "drift-subset-only": ({"method": "drift", "drift.prompt": "none", "drift.shaping": "none"}, ["drift/std_kept_over_all"]),
+    "drift-prompt-only": ({"method": "drift", "drift.subset": "none", "drift.shaping": "none"}, ["drift/cads_scale"]),
     "drift-shaping-only": ({"method": "drift", "drift.subset": "none", "drift.prompt": "none"}, ["drift/bonus_mean"]),
 }
 
@@ -60,8 +72,18 @@ def test_method_contract(tmp_path, name):
 @pytest.mark.parametrize("overrides, pattern", [
     ({"method": "flow_grpo", "drift.subset": "densest"}, r"drift\.subset=.*option of method 'drift', but method is 'flow_grpo'"),
     ({"method": "flow_grpo_kl", "diverse_grpo.beta": "1"}, r"option of method 'diverse_grpo', but method is 'flow_grpo_kl'"),
-    ({"method": "drift", "drift.oversample": "1"}, r"drift\.oversample=1: must be >= 2 with drift\.subset='densest'"),
+    ({"method": "drift", "drift.subset": "densest", "drift.oversample": "1"},
+     r"drift\.oversample=1: must be >= 2 with drift\.subset='densest'"),
     ({"method": "drift", "drift.subset": "median"}, r"drift\.subset='median': must be 'none' or one of"),
+    ({"method": "drift", "drift.subset_stats": "all"}, r"drift\.subset_stats='all': 'all' applies to the window rules"),
+    ({"method": "drift", "drift.kappa": "0"}, r"drift\.kappa=0\.0: must be > 0"),
+    ({"method": "drift", "drift.cads_tau2": "0.5"}, r"drift\.cads_tau2=0\.5: must be in \(drift\.cads_tau1=0\.6, 1\]"),
+    ({"method": "drift", "drift.delta": "0"}, r"drift\.delta=0\.0: must be > 0"),
+    ({"method": "drift", "drift.kl_beta": "-1"}, r"drift\.kl_beta=-1\.0: must be >= 0"),
+    ({"method": "drift", "drift.shaping": "gardo", "drift.subset": "robust"}, r"drift\.shaping='gardo'.*computes the advantages"),
+    ({"method": "drift", "drift.subset": "robust", "train.global_std": "true"},
+     r"train\.global_std=True: must be false with drift\.subset='robust'"),
+    ({"method": "flow_grpo", "eval.conditioning": "noisy"}, r"eval\.conditioning='noisy': must be 'clean' or 'cads'"),
     ({"method": "drift", "drift.shaping": "dense"}, r"drift\.shaping='dense'"),
     ({"method": "drift", "drift.lam": "-1"}, r"drift\.lam=-1\.0: must be >= 0"),
     ({"method": "diverse_grpo", "diverse_grpo.sigma": "0"}, r"diverse_grpo\.sigma=0\.0: must be > 0"),

@@ -70,7 +70,7 @@ VARIANTS = {  # each run also exercises other reward heads, feature nets and opt
     "flow_grpo": ["sd3.w_jpeg=0.1", "sd3.eval_rewards=aesthetic,jpeg"],
     "flow_grpo_kl": ["flow_grpo_kl.beta=0.04", "sample.cfg=1"],
     "diverse_grpo": ["sd3.w_pickscore=0", "sd3.w_clipscore=1", "model.features=dino", "diverse_grpo.sa_coef=0.1"],
-    "drift": ["sd3.w_aesthetic=0.5", "drift.beta=0.01"],
+    "drift": ["sd3.w_aesthetic=0.5", "drift.kl_beta=0.01"],
 }
 
 

@@ -24,8 +24,14 @@ replayed condition equals the sampled one exactly.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from ..worlds.types import Cond
+
+CADS_DEFAULTS = {"tau1": 0.6, "tau2": 0.9, "scale": 0.25, "psi": 1.0}
+"""CADS's published defaults (tau1, tau2, noise scale s, rescale weight psi)."""
 
 
 def cads_gamma(t: float, tau1: float = 0.6, tau2: float = 0.9) -> float:
@@ -45,7 +51,10 @@ def step_time(step: int, num_steps: int) -> float:
 
 
 def _per_sample(x: torch.Tensor, fn) -> torch.Tensor:
-    return fn(x, tuple(range(1, x.ndim)))
+    """fn(row, all dims) for each row separately, stacked to (B, 1, ..., 1): a row's statistic is computed
+    on that row alone, so it is bitwise the same whatever batch the row sits in (sampling vs PPO replay)."""
+    dims = tuple(range(x.ndim - 1))
+    return torch.stack([fn(row, dims) for row in x]).view(-1, *([1] * (x.ndim - 1)))
 
 
 def cads_condition(y: torch.Tensor, noise: torch.Tensor, gamma: float, scale: float = 0.25,
@@ -62,13 +71,54 @@ def cads_condition(y: torch.Tensor, noise: torch.Tensor, gamma: float, scale: fl
         raise ValueError(f"psi={psi!r}: must be in [0, 1]")
     if gamma == 1.0:
         return y
-    rms = _per_sample(y, lambda x, d: x.pow(2).mean(dim=d, keepdim=True).sqrt())
+    rms = _per_sample(y, lambda x, d: x.pow(2).mean(dim=d).sqrt())
     y_hat = math.sqrt(gamma) * y + scale * math.sqrt(1.0 - gamma) * rms * noise.to(y.dtype)
     if psi == 0:
         return y_hat
-    mean_y = _per_sample(y, lambda x, d: x.mean(dim=d, keepdim=True))
-    std_y = _per_sample(y, lambda x, d: x.std(dim=d, keepdim=True, unbiased=False))
-    mean_h = _per_sample(y_hat, lambda x, d: x.mean(dim=d, keepdim=True))
-    std_h = _per_sample(y_hat, lambda x, d: x.std(dim=d, keepdim=True, unbiased=False))
+    mean_y = _per_sample(y, lambda x, d: x.mean(dim=d))
+    std_y = _per_sample(y, lambda x, d: x.std(dim=d, unbiased=False))
+    mean_h = _per_sample(y_hat, lambda x, d: x.mean(dim=d))
+    std_h = _per_sample(y_hat, lambda x, d: x.std(dim=d, unbiased=False))
     y_res = (y_hat - mean_h) / std_h.clamp(min=1e-12) * std_y + mean_y
     return psi * y_res + (1.0 - psi) * y_hat
+
+
+@dataclass
+class NoisedCond(Cond):
+    """A conditioning that carries its own per-sample CADS noise n (and, optionally, the noise of the
+    unconditional branch), drawn once per sample before sampling. Row indexing keeps the noise with its
+    row, so the PPO replay of a kept trajectory sees the very n it was sampled with."""
+
+    noise: Cond | None = None
+    noise_uncond: Cond | None = None
+
+    def index(self, idx) -> "NoisedCond":
+        pick = lambda c: None if c is None else c.index(idx)  # noqa: E731
+        return NoisedCond(self.hidden[idx], self.pooled[idx], pick(self.noise), pick(self.noise_uncond))
+
+    def repeat_interleave(self, k: int) -> "NoisedCond":
+        rep = lambda c: None if c is None else c.repeat_interleave(k)  # noqa: E731
+        return NoisedCond(self.hidden.repeat_interleave(k, 0), self.pooled.repeat_interleave(k, 0),
+                          rep(self.noise), rep(self.noise_uncond))
+
+
+def draw_noise_like(cond: Cond, generator: torch.Generator) -> Cond:
+    """n ~ N(0, I) shaped like ``cond`` (hidden and pooled), drawn on the CPU from ``generator``, moved to
+    the condition's device and dtype."""
+    def draw(x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator).to(device=x.device, dtype=x.dtype)
+    return Cond(draw(cond.hidden), draw(cond.pooled))
+
+
+def anneal_cond(cond: Cond, noise: Cond, step: int, num_steps: int, tau1: float = 0.6, tau2: float = 0.9,
+                scale: float = 0.25, psi: float = 1.0) -> Cond:
+    """The CADS condition of denoising step ``step``: gamma = cads_gamma(1 - step / num_steps, tau1, tau2),
+    then y_hat = cads_condition(y, n, gamma, s, psi) for the token states and the pooled embedding.
+
+    Row-wise and free of random draws (n is given), so it can be recomputed in the PPO replay; gamma = 1
+    (the late steps) returns the clean condition bitwise."""
+    g = cads_gamma(step_time(step, num_steps), tau1, tau2)
+    if g == 1.0:
+        return Cond(cond.hidden, cond.pooled)
+    return Cond(cads_condition(cond.hidden, noise.hidden, g, scale, psi),
+                cads_condition(cond.pooled, noise.pooled, g, scale, psi))

@@ -58,8 +58,37 @@ def masked_advantages(rewards: torch.Tensor, keep: torch.Tensor, eps: float = 1e
     adv = (r - mean) / (std + eps)
     if clip is not None:
         adv = adv.clamp(-clip, clip)
+    keep = keep.view(*keep.shape, *([1] * (r.ndim - keep.ndim)))  # per-sample mask on per-step (P, K, T) rewards
     adv = torch.where(keep & torch.isfinite(r), adv, torch.zeros_like(adv))
     return adv.to(rewards.dtype)
+
+
+def all_stats_advantages(rewards: torch.Tensor, all_rewards: torch.Tensor, eps: float = 1e-4,
+                         clip: float | None = None) -> torch.Tensor:
+    """S3: A_i = clip((r_i - mu_all) / (sigma_all + eps), -c, c) for the kept samples of a subset rule,
+    with mu_all, sigma_all the mean and population std of ALL K candidates' finite task rewards.
+
+    rewards: (P, G) or per-step (P, G, T) rewards of the kept samples; all_rewards: (P, K). The subset
+    still decides which samples are trained on, but no longer the advantage scale (the mechanism test
+    that separates 'which samples' from 'renormalised on a narrow window'). Non-finite -> 0."""
+    mean, std = finite_group_stats(all_rewards)
+    r = rewards.double()
+    extra = (1,) * (r.ndim - 2)
+    adv = (r - mean.view(-1, 1, *extra)) / (std.view(-1, 1, *extra) + eps)
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    return torch.where(torch.isfinite(r), adv, torch.zeros_like(adv)).to(rewards.dtype)
+
+
+def judge_levels(judge: torch.Tensor, keep: torch.Tensor) -> float:
+    """Mechanism check: mean over groups of the number of distinct finite judge levels among the kept samples.
+
+    judge: (P, K) the judge head (e.g. the share of named attributes right: 0, 1/3, 2/3, 1); keep: (P, K) bool."""
+    counts = []
+    for row, k in zip(judge.double(), keep):
+        vals = row[k & torch.isfinite(row)]
+        counts.append(len(torch.unique(torch.round(vals * 1e6))))
+    return float(sum(counts) / max(len(counts), 1))
 
 
 def robust_advantages(rewards: torch.Tensor, clip: float = 2.0, eps: float = 1e-4) -> torch.Tensor:

@@ -6,6 +6,7 @@ with s_t = scale * schedule(t) (annealed to 0 by default: variation early, the p
 'paraphrase': each sample is conditioned on a random paraphrase of its prompt (synonyms and
 templates of the world), with probability s_t; the rest keep the original text.
 'both': paraphrase, then embedding noise. The reward is always computed on the original prompt.
+'cads': condition annealing within each trajectory (drift/components/cads.py), not a per-iteration variation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from ..worlds.types import Cond
 
-KINDS = ("none", "embed", "paraphrase", "both")
+KINDS = ("none", "cads", "embed", "paraphrase", "both")
 
 
 def embed_noise(cond: Cond, scale: float, generator: torch.Generator) -> Cond:
