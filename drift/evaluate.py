@@ -170,16 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seeds, steps = a.seeds or cfg.eval.seeds, a.steps or cfg.eval.num_steps
-             batch: int = 256, micro_batch: int = 0, conditioning: str = "clean",
-             per_prompt: dict | None = None) -> tuple[dict[str, float], torch.Tensor]:
-    """Returns (metrics with keys 'eval/...', images (P, S, 3, H, W)). ``micro_batch``: rows per transformer
-    call (sample.micro_batch; 0 = each batch of ``batch`` in one call). ``conditioning`` (eval.conditioning):
-    'clean', or 'cads' = the conditional branch annealed per step (drift.components.cads.anneal_cond with CADS's
-    defaults) with one noise per (prompt, seed) from a fixed generator (cads_eval_noise), whatever the method.
-    ``per_prompt``: a dict to fill with every metric's per-prompt values ({key: [P floats]}, ``eval_metrics``),
-    or None."""
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"conditioning={conditioning!r}: must be one of {CONDITIONINGS}")
+    m, imgs = evaluate(world, prompts, eval_noise(world, len(prompts), seeds, cfg.eval.split), steps, cfg.sample.cfg,
+                       cfg.sample.shift, micro_batch=cfg.sample.micro_batch, conditioning=cfg.eval.conditioning)
     out = a.out or os.path.join(a.source, "evaluation")
     os.makedirs(out, exist_ok=True)
     rows = min(len(prompts), cfg.eval.grid_prompts)
