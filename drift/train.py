@@ -29,6 +29,7 @@ from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import RunConfig, diff_configs
 from .errors import ConfigError
 from .diversity import mean_pairwise_distance
+from .eval_cache import BaseEvalCache, base_eval_key
 from .evaluate import eval_noise, evaluate
 from .export import EXPORT_JSON, export_run
 from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
@@ -311,15 +312,39 @@ def reward_metrics(r_all: torch.Tensor, heads: dict[str, torch.Tensor], texts: l
 
 
 class EvalSet:
-    """The held-out prompts and their fixed noise; ``run`` evaluates the EMA weights (if any)."""
+    """The held-out prompts and their fixed noise; ``run`` evaluates the EMA weights (if any). The step-0
+    evaluation (the base model) is shared through drift.eval_cache between the runs under the same ``out``."""
 
     def __init__(self, world, cfg: RunConfig):
         self.cfg = cfg
         self.prompts = world.eval_prompts(cfg.eval.num_prompts)
         self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds)
 
+    def base_cache(self, world) -> BaseEvalCache:
+        """The shared entry of this run's base-model evaluation (its key: drift.eval_cache.base_eval_key)."""
+        c = self.cfg
+        key, record = base_eval_key(c.to_dict(), {k: folder_fingerprint(v) for k, v in c.input_paths().items()},
+                                    world.device)
+        return BaseEvalCache(c.out, key, record)
+
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
-        t, S = time.time(), self.cfg.sample
+        t = time.time()
+        cache = self.base_cache(world) if step == 0 and dist.world_size() == 1 else None  # one process: see eval_cache
+        hit = cache.load(run_dir) if cache is not None else None
+        if hit is not None:  # the same metrics and files as computing them (see drift/eval_cache.py)
+            m, files = hit
+            print(f"[drift] step-0 evaluation (the base model) shared from {cache.entry.path}", flush=True)
+            for rel in files:
+                tracker.log_artifact(os.path.join(run_dir, rel), os.path.dirname(rel))
+        else:
+            m = self._evaluate(world, ema, run_dir, step, tracker)
+            if cache is not None:
+                cache.store(m, run_dir)
+        m["sys/eval_seconds"] = time.time() - t
+        return m
+
+    def _evaluate(self, world, ema, run_dir: str, step: int, tracker) -> dict:
+        S = self.cfg.sample
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
                                micro_batch=S.micro_batch)
@@ -327,10 +352,10 @@ class EvalSet:
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         n, c = self.cfg.eval.grid_prompts, self.cfg
         rows = [world.prompt_text(p) for p in self.prompts[:n]]
-        title = f"iteration {step}{' (EMA)' if ema else ''}: {c.method}, seed {c.seed}"
+        # step 0 is the base model, the same for every run (and shared between them): no method or seed in its title
+        title = "iteration 0: the base model" if step == 0 else f"iteration {step}{' (EMA)' if ema else ''}: {c.method}, seed {c.seed}"
         dist.on_main(lambda: save_grid(imgs[:n], grid, rows, title))
         tracker.log_artifact(grid, "samples")  # every evaluation's grid, when it is made (a no-op off rank 0)
-        m["sys/eval_seconds"] = time.time() - t
         return m
 
 
