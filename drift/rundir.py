@@ -32,9 +32,9 @@ import json
 import os
 import warnings
 
-NON_SCIENCE_KEYS = ("seed", "out", "tracking_uri", "experiment", "threads")
+NON_SCIENCE_KEYS = ("seed", "out", "tracking_uri", "experiment", "threads", "device")
 """Top-level config keys that do not change what a run computes: the seed (a run directory's last level,
-not its hash), where outputs go, and the thread count. They are left out of ``science_hash``; a run
+not its hash), where outputs go, the thread count and the shapes world's device. They are left out of ``science_hash``; a run
 directory accepts a resume that changes only them; a sweep sets them itself (a grid may not); analysis
 leaves them out of a run's compared settings."""
 

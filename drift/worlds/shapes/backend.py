@@ -20,16 +20,18 @@ from .reward import shapes_reward
 
 
 class ShapesFeatures:
-    """The committed feature CNN behind the shared FeatureNet interface."""
+    """The committed feature CNN behind the shared FeatureNet interface; it runs on ``device``, takes and returns
+    CPU tensors."""
 
-    def __init__(self, path: str):
-        self.net = load_features(path)
+    def __init__(self, path: str, device: torch.device = torch.device("cpu")):
+        self.net = load_features(path).to(device)
+        self.device = device
         for p in self.net.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.float().clamp(0, 1))
+        return self.net(images.to(self.device).float().clamp(0, 1)).cpu()
 
 
 class ShapesWorld(TransformerPolicy):
@@ -37,6 +39,8 @@ class ShapesWorld(TransformerPolicy):
 
     name = "shapes"
     device = torch.device("cpu")
+    """Where the transformer, text encoder and feature net run (the config's ``device``); images, rewards and
+    features are CPU tensors."""
 
     @staticmethod
     def preflight(cfg) -> None:
@@ -56,8 +60,14 @@ class ShapesWorld(TransformerPolicy):
             p.requires_grad_(False)
         for p in transformer.parameters():
             p.requires_grad_(False)
+        if cfg.device != "cpu":
+            from ..sd3.backend import resolve_device
+
+            self.device = resolve_device(cfg.device, "device")
+            self.text_encoder.to(self.device)
+            transformer.to(self.device)
         self.setup_finetune(transformer, m)
-        self.features = ShapesFeatures(m.features)
+        self.features = ShapesFeatures(m.features, self.device)
         self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -91,7 +101,7 @@ class ShapesWorld(TransformerPolicy):
         """Text -> conditioning; each distinct text is encoded once and cached."""
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
-            h, p = self.text_encoder(self.tokenizer(missing))
+            h, p = self.text_encoder(self.tokenizer(missing).to(self.device))
             for i, t in enumerate(missing):
                 self._cache[t] = (h[i], p[i])
         return Cond(torch.stack([self._cache[t][0] for t in texts]), torch.stack([self._cache[t][1] for t in texts]))
@@ -111,7 +121,8 @@ class ShapesWorld(TransformerPolicy):
 
     @staticmethod
     def decode(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        """Model space [-1, 1] -> images in [0, 1], on the CPU (a no-op move there)."""
+        return ((x.float() + 1) / 2).clamp(0, 1).cpu()
 
     # -- reward and evaluation ------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, torch.Tensor]:
