@@ -13,7 +13,7 @@ One process, one run:
    measured once between every two iterations (the run's on_phase callback calls it; its time is taken out of
    the iteration's wall time), so both see the same machine load: the generator forwards of
    sampling (T steps of the CFG-doubled batch, no grad), the decoder (VAE; identity-like for shapes),
-   the forward + backward passes of training
+   the forward + backward passes of training (drift.sampling.guided_velocity, as the engine calls it)
    (``n_train`` trained steps, per micro-batch), the reference forwards when the method needs them, the
    reward forward on every sample and the feature forward on the kept ones (plus per-step features when
    the method needs them). Nothing else: no SDE math, no log-probs, no advantages, no logging.
@@ -222,8 +222,10 @@ class BareCompute:
         self.both = both = Cond.cat([cond, uncond]) if mult == 2 else cond
         self.x_s = torch.randn(P * K * mult, *world.latent_shape, generator=g).to(dev)
         mb = tc.micro_batch or B
-        self.both_t = both.index(torch.arange(min(mb, B) * mult) % len(both))
-        self.x_t = torch.randn(min(mb, B) * mult, *world.latent_shape, generator=g).to(dev)
+        rows_t = torch.arange(min(mb, B)) % len(cond)
+        self.cond_t, self.uncond_t = cond.index(rows_t), (uncond.index(rows_t) if mult == 2 else None)
+        self.x_t = torch.randn(min(mb, B), *world.latent_shape, generator=g).to(dev)
+        self.cfg_scale, self.detach_uncond = S.cfg, tc.cfg_grad == "cond_only"
         self.n_mb = -(-B // mb)
         self.sigma = torch.tensor(0.5, device=dev)
         self.params = list(world.trainable_parameters().values())
@@ -248,9 +250,17 @@ class BareCompute:
         with torch.no_grad():
             self.world.decode(self.latents)
 
+    def train_velocity(self):
+        """The guided velocity of one trained micro-batch, as the engine computes it (drift.sampling.guided_velocity:
+        with train.cfg_grad=cond_only the unconditional half is a separate no-grad forward)."""
+        from .sampling import guided_velocity
+
+        return guided_velocity(self.world, self.x_t, self.sigma, self.cond_t, self.uncond_t, self.cfg_scale,
+                               detach_uncond=self.detach_uncond)
+
     def training(self):
         for _ in range(self.n_train * self.n_mb):
-            self.world.velocity(self.x_t, self.sigma, self.both_t).float().square().mean().backward()
+            self.train_velocity().float().square().mean().backward()
         for p in self.params:
             p.grad = None
 
@@ -258,7 +268,7 @@ class BareCompute:
         if self.hooks.needs_reference:
             with torch.no_grad(), self.world.reference():
                 for _ in range(self.hooks.reference_steps(self.n_train) * self.n_mb):
-                    self.world.velocity(self.x_t, self.sigma, self.both_t)
+                    self.train_velocity()
 
     def reward(self):
         with torch.no_grad():
