@@ -171,7 +171,8 @@ def world_dtype(world) -> torch.dtype:
 def eval_flops(world, cfg) -> dict:
     """Counted FLOPs of one evaluation (eval.num_prompts x eval.seeds images, eval.num_steps ODE steps, CFG
     doubling the rows unless sample.cfg = 1): one transformer call on a 2-row batch counted and scaled to the
-    rows x steps (the transformer's cost is linear in the rows), plus the reward and the features on every image."""
+    rows x steps (the transformer's cost is linear in the rows), plus the decode, reward and features of every
+    image (counted on at most 8 images and scaled: each is linear in the images)."""
     from .worlds.types import Cond
 
     E, S = cfg.eval, cfg.sample
@@ -184,12 +185,15 @@ def eval_flops(world, cfg) -> dict:
     sigma = torch.tensor(0.5, device=x.device)
     with torch.no_grad():
         per_row = count_flops(lambda: world.velocity(x, sigma, cond)) / 2
-        imgs = world.decode(torch.randn(n, *world.latent_shape, generator=g).to(x.device)).clamp(0, 1)
-        reps = [p for p in prompts for _ in range(E.seeds)]
-        reward = count_flops(lambda: world.reward(imgs, reps))
-        feats = count_flops(lambda: world.features.embed(imgs))
-    gen = int(per_row * rows * E.num_steps)
-    return {"generator": gen, "reward": reward, "features": feats, "total": gen + reward + feats,
+        m = min(n, 8)
+        lat = torch.randn(m, *world.latent_shape, generator=g).to(x.device)
+        decode = count_flops(lambda: world.decode(lat)) * n // m
+        imgs = world.decode(lat).clamp(0, 1)
+        reps = [p for p in prompts for _ in range(E.seeds)][:m]
+        reward = count_flops(lambda: world.reward(imgs, reps)) * n // m
+        feats = count_flops(lambda: world.features.embed(imgs)) * n // m
+    gen = int(per_row * rows * E.num_steps) + decode
+    return {"generator": gen, "decode": decode, "reward": reward, "features": feats, "total": gen + reward + feats,
             "images": n, "transformer_rows_per_step": rows, "steps": E.num_steps, "flops_per_row_call": per_row}
 
 
