@@ -18,7 +18,7 @@ def guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, unc
     ac4c86e); otherwise dv/dtheta = cfg dv_c/dtheta - (cfg - 1) dv_u/dtheta. The value of v is the same.
     With ``detach_uncond`` under autograd, v_u comes from its own no-grad forward of B rows and v_c from one of B
     rows with grad, so the backward runs through B rows, not 2B (the same values: on the CPU the two B-row calls
-    give bitwise the rows of the 2B call, tests/test_sampling.py).
+    give bitwise the rows of the 2B call, tests/test_fidelity.py).
     """
     if cfg == 1 or uncond is None:
         return world.velocity(x, sigma, cond)
