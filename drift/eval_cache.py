@@ -15,9 +15,12 @@ rather than field by field so that a new field cannot be forgotten:
 Left out, because evaluate() never sees them: the method and its options, the seed, train.*, and where
 outputs go.
 
-Concurrent runs: an entry is complete when its folder exists (it is written in a temporary folder beside it
-and renamed into place; a run that loses the race drops its copy, which holds the same bytes). A run that
-finds no entry computes the evaluation itself, so the results are the same either way.
+Concurrent runs: the run that computes an entry holds an exclusive flock on <key>.lock meanwhile, and the others
+wait for it and then copy (so N runs started together on one GPU evaluate the base model once, not N times; the
+kernel releases the lock of a run that dies, and the next one computes it). An entry is complete when its folder
+exists (it is written in a temporary folder beside it and renamed into place; were two runs to race, the loser
+drops its copy, which holds the same bytes). A run that finds no entry computes the evaluation itself, so the
+results are the same either way.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import functools
 import hashlib
 import json
 import os
+import contextlib
 import errno
+import fcntl
 import shutil
 import uuid
 import warnings
@@ -86,6 +91,17 @@ class BaseEvalCache:
 
     def __init__(self, out: str, key: str, record: dict):
         self.entry, self.record = BaseEvalEntry.of(out, key), record
+
+    @contextlib.contextmanager
+    def computing(self):
+        """Hold the entry's lock (waiting while another run holds it): load, or compute and store, inside it."""
+        os.makedirs(os.path.dirname(self.entry.lock), exist_ok=True)
+        with open(self.entry.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def load(self, run_dir: str) -> tuple[dict, list[str]] | None:
         """(metrics, the files copied into ``run_dir``, relative) if the entry exists, else None."""

@@ -19,6 +19,7 @@ cheaply. docs/run_directory.md describes every file, who writes it and who reads
         stdout.log           the local executor's log of the point (experiments/sweep.py, collapse.py)
         HELD, RELEASE        the DRIFT_LAUNCH_HOLD test hook's handshake (drift.launch)
 
+    <out>/base_eval_cache/<key>.lock                    flock held while a run computes that entry
     <out>/base_eval_cache/<key>/                        BaseEvalEntry.of(out, key): one shared step-0 evaluation
         key.json             what the key was computed from (drift.train.base_eval_key)
         eval.json            the evaluation's metrics
@@ -225,6 +226,7 @@ class BaseEvalEntry:
     def of(cls, out: str, key: str) -> "BaseEvalEntry":
         return cls(os.path.join(out, BASE_EVAL_CACHE, key))
 
+    lock = property(lambda self: self.path + ".lock", doc="<key>.lock: flock held while a run computes the entry")
     key_record = property(lambda self: os.path.join(self.path, self.KEY), doc="key.json: the key's inputs")
     metrics = property(lambda self: os.path.join(self.path, self.METRICS), doc="eval.json: the metrics")
     files = property(lambda self: os.path.join(self.path, self.FILES), doc="files/: the step-0 files")

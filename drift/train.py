@@ -329,18 +329,26 @@ class EvalSet:
 
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
         t = time.time()
-        cache = self.base_cache(world) if step == 0 and dist.world_size() == 1 else None  # one process: see eval_cache
-        hit = cache.load(run_dir) if cache is not None else None
-        if hit is not None:  # the same metrics and files as computing them (see drift/eval_cache.py)
-            m, files = hit
-            print(f"[drift] step-0 evaluation (the base model) shared from {cache.entry.path}", flush=True)
-            for rel in files:
-                tracker.log_artifact(os.path.join(run_dir, rel), os.path.dirname(rel))
+        if step == 0 and dist.world_size() == 1:  # one process: see drift/eval_cache.py
+            m = self._shared_base_eval(world, ema, run_dir, tracker)
         else:
             m = self._evaluate(world, ema, run_dir, step, tracker)
-            if cache is not None:
-                cache.store(m, run_dir)
         m["sys/eval_seconds"] = time.time() - t
+        return m
+
+    def _shared_base_eval(self, world, ema, run_dir: str, tracker) -> dict:
+        """The step-0 evaluation from <out>/base_eval_cache, or computed and stored there (one run at a time per key)."""
+        cache = self.base_cache(world)
+        with cache.computing():
+            hit = cache.load(run_dir)
+            if hit is None:
+                m = self._evaluate(world, ema, run_dir, 0, tracker)
+                cache.store(m, run_dir)
+                return m
+        m, files = hit  # the same metrics and files as computing them
+        print(f"[drift] step-0 evaluation (the base model) shared from {cache.entry.path}", flush=True)
+        for rel in files:
+            tracker.log_artifact(os.path.join(run_dir, rel), os.path.dirname(rel))
         return m
 
     def _evaluate(self, world, ema, run_dir: str, step: int, tracker) -> dict:

@@ -56,3 +56,18 @@ def test_the_key_covers_every_eval_relevant_section_and_not_the_method_or_seed()
     assert base_eval_key(cfg.to_dict(), {"path": "other"}, "cpu")[0] != base  # a changed model file
     assert base_eval_key(cfg.to_dict(), {"path": "fp"}, "cuda:0")[0] != base
     assert len(package_code_hash()) == 64
+
+
+def test_a_run_computing_the_entry_holds_its_lock_so_that_the_others_wait(tmp_path):
+    import subprocess
+    import sys
+
+    from drift.eval_cache import BaseEvalCache
+
+    cache = BaseEvalCache(str(tmp_path), "k" * 16, {})
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n    sys.exit(3)\n")
+    with cache.computing():
+        held = subprocess.run([sys.executable, "-c", probe, cache.entry.lock], timeout=60)
+    free = subprocess.run([sys.executable, "-c", probe, cache.entry.lock], timeout=60)
+    assert (held.returncode, free.returncode) == (3, 0)
