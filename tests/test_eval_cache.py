@@ -25,7 +25,7 @@ def _run(out, *extra):
 
 def _entries(out):
     root = os.path.join(out, BASE_EVAL_CACHE)
-    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+    return sorted(n for n in os.listdir(root) if not n.endswith(".lock")) if os.path.isdir(root) else []
 
 
 def test_shared_base_eval_is_bitwise_the_computed_one_and_a_changed_eval_config_misses(tmp_path, capsys):
