@@ -34,7 +34,7 @@ from .evaluate import eval_noise, evaluate
 from .export import EXPORT_JSON, export_run
 from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .ppo import ppo_update
-from .rundir import NON_SCIENCE_KEYS, RunDir
+from .rundir import FINGERPRINT, NON_SCIENCE_KEYS, RunDir
 from .sampling import sample_trajectories
 from .state import TrainState
 from .heartbeat import Heartbeat
@@ -82,7 +82,7 @@ def config_changes(cfg: RunConfig) -> tuple[dict, list[str]]:
     """(config.json's new content, its differences from the run directory's config.json); reads only."""
     path = RunDir(cfg.run_dir()).config
     new = cfg.to_dict()
-    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
+    new[FINGERPRINT] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
     if not os.path.exists(path):
         return new, []
     with open(path) as f:
@@ -320,12 +320,12 @@ class EvalSet:
         self.prompts = world.eval_prompts(cfg.eval.num_prompts)
         self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds)
 
-    def base_cache(self, world) -> BaseEvalCache:
-        """The shared entry of this run's base-model evaluation (its key: drift.eval_cache.base_eval_key)."""
+    def base_cache(self, world, run_dir: str) -> BaseEvalCache:
+        """The shared entry of this run's base-model evaluation (its key: drift.eval_cache.base_eval_key), with the
+        input files' fingerprints that this start wrote into config.json (not hashed again: SD3 weights are large)."""
         c = self.cfg
-        key, record = base_eval_key(c.to_dict(), {k: folder_fingerprint(v) for k, v in c.input_paths().items()},
-                                    world.device)
-        return BaseEvalCache(c.out, key, record)
+        fingerprints = RunDir(run_dir).read_config()[FINGERPRINT]
+        return BaseEvalCache(c.out, *base_eval_key(c.to_dict(), fingerprints, world.device))
 
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
         t = time.time()
@@ -338,7 +338,7 @@ class EvalSet:
 
     def _shared_base_eval(self, world, ema, run_dir: str, tracker) -> dict:
         """The step-0 evaluation from <out>/base_eval_cache, or computed and stored there (one run at a time per key)."""
-        cache = self.base_cache(world)
+        cache = self.base_cache(world, run_dir)
         with cache.computing():
             hit = cache.load(run_dir)
             if hit is None:

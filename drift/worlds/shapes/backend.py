@@ -107,6 +107,7 @@ class ShapesWorld(TransformerPolicy):
         return Cond(torch.stack([self._cache[t][0] for t in texts]), torch.stack([self._cache[t][1] for t in texts]))
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=self.device)  # the evaluation's schedule is a CPU tensor (no copy on the CPU)
         t = (1000 * sigma).expand(x.shape[0]) if sigma.ndim == 0 else 1000 * sigma
         net = self.policy_net()
         return net(x, cond.hidden, cond.pooled, t, return_dict=False)[0]
