@@ -13,7 +13,7 @@ One process, one run:
    measured once between every two iterations (the run's on_phase callback calls it; its time is taken out of
    the iteration's wall time), so both see the same machine load: the generator forwards of
    sampling (T steps of the CFG-doubled batch, no grad), the decoder (VAE; identity-like for shapes),
-   the forward + backward passes of training
+   the forward + backward passes of training (drift.sampling.guided_velocity, as the engine calls it)
    (``n_train`` trained steps, per micro-batch), the reference forwards when the method needs them, the
    reward forward on every sample and the feature forward on the kept ones (plus per-step features when
    the method needs them). Nothing else: no SDE math, no log-probs, no advantages, no logging.
@@ -22,6 +22,17 @@ overhead_ratio = median wall time of a training iteration (those without evaluat
                  / median bare compute of one iteration.
 generator_overhead_ratio uses the generator's passes alone as the denominator.
 Evaluation and checkpointing are reported separately (seconds each; how often they happen is config).
+
+The limit figure (how close the work is to what this machine can do, not only how cheap the plumbing is):
+3. FLOPs, counted once with torch.utils.flop_counter.FlopCounterMode (matrix products, convolutions and
+   attention; elementwise work counts 0) on every part of the bare compute, and for one evaluation
+   (``eval_flops``: one counted transformer call per row, times rows x steps, plus reward and features).
+4. The matmul peak of this machine on the same threads and device, measured in the same run between the
+   same iterations as the bare compute (``MatmulPeak``: square products in the model's dtype, the best size's
+   median rate; 'sgemm' on the CPU).
+flop_ratio = (counted FLOPs of the bare passes / their median seconds) / matmul peak: the fraction of the
+machine's matmul rate that the model's passes reach (1 = every cycle in a large matrix product);
+flop_ratio_wall uses the iteration's wall time instead (everything included).
 """
 
 from __future__ import annotations
@@ -103,6 +114,89 @@ class _LogTimer:
         tracking.Tracker.log = self._orig
 
 
+def count_flops(fn) -> int:
+    """The FLOPs ``fn()`` runs, as torch.utils.flop_counter counts them (matmuls, convolutions, attention;
+    forward and backward; elementwise ops count 0)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+class MatmulPeak:
+    """This machine's matrix-product rate on the current threads and ``device``: FLOP/s = 2 n^3 / seconds of
+    an (n x n) @ (n x n) product in ``dtype`` (fp32 on the CPU: sgemm). ``measure()`` times ``reps`` products of
+    every size once (called between iterations, like the bare compute); ``summary()`` takes each size's median
+    and reports the best size as the peak."""
+
+    def __init__(self, device, dtype=torch.float32, sizes: tuple[int, ...] | None = None, reps: int = 3):
+        self.device, self.dtype, self.reps = device, dtype, reps
+        cuda = str(device).startswith("cuda")
+        self.sizes = sizes or ((2048, 4096, 8192) if cuda else (256, 512, 1024))
+        g = torch.Generator().manual_seed(0)
+        self.mats = {n: (torch.randn(n, n, generator=g).to(device, dtype), torch.randn(n, n, generator=g).to(device, dtype))
+                     for n in self.sizes}
+        self.rates: dict[int, list[float]] = {n: [] for n in self.sizes}
+        self.measure(keep=False)  # warm-up (CUDA: cuBLAS handles and kernels)
+
+    def measure(self, keep: bool = True) -> float:
+        """Time every size once; returns the seconds spent here."""
+        t0 = time.perf_counter()
+        for n, (a, b) in self.mats.items():
+            _sync(self.device)
+            t = time.perf_counter()
+            for _ in range(self.reps):
+                torch.mm(a, b)
+            _sync(self.device)
+            if keep:
+                self.rates[n].append(2 * n**3 * self.reps / (time.perf_counter() - t))
+        return time.perf_counter() - t0
+
+    def summary(self) -> dict:
+        per = {n: _median(r) for n, r in self.rates.items()}
+        best = max(per, key=lambda n: per[n] if per[n] == per[n] else -1)
+        return {"flops_per_second": per[best], "best_size": best, "per_size": {str(n): v for n, v in per.items()},
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+                "threads": torch.get_num_threads(), "repetitions": len(self.rates[best])}
+
+
+def world_dtype(world) -> torch.dtype:
+    """The compute dtype of the world's transformer (fp32 for shapes; sd3.dtype for the SD3 world)."""
+    net = getattr(world, "transformer", None)
+    p = next(net.parameters(), None) if net is not None else None
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+def eval_flops(world, cfg) -> dict:
+    """Counted FLOPs of one evaluation (eval.num_prompts x eval.seeds images, eval.num_steps ODE steps, CFG
+    doubling the rows unless sample.cfg = 1): one transformer call on a 2-row batch counted and scaled to the
+    rows x steps (the transformer's cost is linear in the rows), plus the decode, reward and features of every
+    image (counted on at most 8 images and scaled: each is linear in the images)."""
+    from .worlds.types import Cond
+
+    E, S = cfg.eval, cfg.sample
+    n = E.num_prompts * E.seeds
+    rows = n * (1 if S.cfg == 1 else 2)
+    prompts = world.eval_prompts(E.num_prompts)
+    cond = world.encode([world.prompt_text(prompts[0])] * 2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *world.latent_shape, generator=g).to(getattr(world, "device", "cpu"))
+    sigma = torch.tensor(0.5, device=x.device)
+    with torch.no_grad():
+        per_row = count_flops(lambda: world.velocity(x, sigma, cond)) / 2
+        m = min(n, 8)
+        lat = torch.randn(m, *world.latent_shape, generator=g).to(x.device)
+        decode = count_flops(lambda: world.decode(lat)) * n // m
+        imgs = world.decode(lat).clamp(0, 1)
+        reps = [p for p in prompts for _ in range(E.seeds)][:m]
+        reward = count_flops(lambda: world.reward(imgs, reps)) * n // m
+        feats = count_flops(lambda: world.features.embed(imgs)) * n // m
+    gen = int(per_row * rows * E.num_steps) + decode
+    return {"generator": gen, "decode": decode, "reward": reward, "features": feats, "total": gen + reward + feats,
+            "images": n, "transformer_rows_per_step": rows, "steps": E.num_steps, "flops_per_row_call": per_row}
+
+
 class BareCompute:
     """The model passes one iteration needs, with nothing around them, on a world of its own.
 
@@ -132,8 +226,10 @@ class BareCompute:
         self.both = both = Cond.cat([cond, uncond]) if mult == 2 else cond
         self.x_s = torch.randn(P * K * mult, *world.latent_shape, generator=g).to(dev)
         mb = tc.micro_batch or B
-        self.both_t = both.index(torch.arange(min(mb, B) * mult) % len(both))
-        self.x_t = torch.randn(min(mb, B) * mult, *world.latent_shape, generator=g).to(dev)
+        rows_t = torch.arange(min(mb, B)) % len(cond)
+        self.cond_t, self.uncond_t = cond.index(rows_t), (uncond.index(rows_t) if mult == 2 else None)
+        self.x_t = torch.randn(min(mb, B), *world.latent_shape, generator=g).to(dev)
+        self.cfg_scale, self.detach_uncond = S.cfg, tc.cfg_grad == "cond_only"
         self.n_mb = -(-B // mb)
         self.sigma = torch.tensor(0.5, device=dev)
         self.params = list(world.trainable_parameters().values())
@@ -146,6 +242,8 @@ class BareCompute:
                        "reference": hooks.needs_reference, "step_features": hooks.needs_step_features}
         self.reps: list[dict] = []
         self.measure(keep=False)  # warm-up
+        self.flops = {k: count_flops(fn) for k, fn in self.parts.items()}  # once: the counts do not vary
+        self.peak = MatmulPeak(dev, world_dtype(world))
 
     def sampling(self):
         with torch.no_grad():
@@ -156,9 +254,17 @@ class BareCompute:
         with torch.no_grad():
             self.world.decode(self.latents)
 
+    def train_velocity(self):
+        """The guided velocity of one trained micro-batch, as the engine computes it (drift.sampling.guided_velocity:
+        with train.cfg_grad=cond_only the unconditional half is a separate no-grad forward)."""
+        from .sampling import guided_velocity
+
+        return guided_velocity(self.world, self.x_t, self.sigma, self.cond_t, self.uncond_t, self.cfg_scale,
+                               detach_uncond=self.detach_uncond)
+
     def training(self):
         for _ in range(self.n_train * self.n_mb):
-            self.world.velocity(self.x_t, self.sigma, self.both_t).float().square().mean().backward()
+            self.train_velocity().float().square().mean().backward()
         for p in self.params:
             p.grad = None
 
@@ -166,7 +272,7 @@ class BareCompute:
         if self.hooks.needs_reference:
             with torch.no_grad(), self.world.reference():
                 for _ in range(self.hooks.reference_steps(self.n_train) * self.n_mb):
-                    self.world.velocity(self.x_t, self.sigma, self.both_t)
+                    self.train_velocity()
 
     def reward(self):
         with torch.no_grad():
@@ -191,6 +297,7 @@ class BareCompute:
             rep[k] = time.perf_counter() - t
         if keep:
             self.reps.append(rep)
+            self.peak.measure()  # interleaved with the passes: the same load
         return time.perf_counter() - t0
 
     def summary(self) -> dict:
@@ -200,6 +307,20 @@ class BareCompute:
         out["repetitions"] = len(self.reps)
         out["shapes"] = self.shapes
         return out
+
+    def limit(self, seconds: dict, wall: float) -> dict:
+        """The limit figure: counted FLOPs per part and per iteration, the rate each part reaches (FLOPs / its
+        median seconds), the matmul peak, and their ratios."""
+        f = dict(self.flops)
+        f["generator"] = f["sample"] + f["decode"] + f["train"] + f["reference"]
+        f["total"] = f["generator"] + f["reward"] + f["features"]
+        peak = self.peak.summary()
+        rate = {k: (f[k] / seconds[k] if seconds[k] > 0 else float("nan")) for k in self.parts if f[k] > 0}
+        rate["total"] = f["total"] / seconds["total"]
+        P = peak["flops_per_second"]
+        return {"flops_per_iteration": f, "flops_per_second": rate, "matmul_peak": peak,
+                "flop_ratio": rate["total"] / P, "flop_ratio_per_part": {k: v / P for k, v in rate.items()},
+                "flop_ratio_wall": f["total"] / wall / P}
 
 
 def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
@@ -244,7 +365,10 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
     plain = [i for i in iters[warmup:] if i["eval"] == 0 and i["checkpoint"] == 0] or iters[warmup:] or iters
     keys = PHASES + ("log", "other", "wall")
     breakdown = {k: _median([i[k] for i in plain]) for k in keys}
-    bare = bare.summary()
+    passes = bare.summary()
+    limit = bare.limit(passes, breakdown["wall"])
+    limit["flops_per_evaluation"] = eval_flops(bare.world, cfg)
+    bare = passes
     S = cfg.sample
     from .contract import method_spec
 
@@ -264,6 +388,7 @@ def run(overrides: list[str], warmup: int = 1, progress: bool = False) -> dict:
         "bare_seconds": bare,
         "overhead_ratio": breakdown["wall"] / bare["total"],
         "generator_overhead_ratio": breakdown["wall"] / bare["generator"],
+        "limit": limit,
         "run_total_seconds": total,
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -293,8 +418,23 @@ def format_result(r: dict) -> str:
               f"features {bare['features']:.4f})",
               f"overhead ratio: {r['overhead_ratio']:.3f} (wall / all model passes)   "
               f"generator-only: {r['generator_overhead_ratio']:.3f}",
+              *format_limit(r["limit"]),
               f"peak RSS: {r['peak_rss_mib']:.0f} MiB" + (f"   peak CUDA: {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else "")]
     return "\n".join(lines)
+
+
+def format_limit(lim: dict) -> list[str]:
+    """The limit figure as text lines."""
+    f, pk, ev = lim["flops_per_iteration"], lim["matmul_peak"], lim["flops_per_evaluation"]
+    parts = "  ".join(f"{k} {v:.0%}" for k, v in lim["flop_ratio_per_part"].items() if k != "total")
+    return [f"counted FLOPs: {f['total'] / 1e9:.2f} GFLOP per iteration (sample {f['sample'] / 1e9:.2f}, train "
+            f"{f['train'] / 1e9:.2f}, reference {f['reference'] / 1e9:.2f}), {ev['total'] / 1e9:.2f} GFLOP per "
+            f"evaluation ({ev['images']} images x {ev['steps']} steps)",
+            f"matmul peak ({pk['dtype']} {pk['device']}, {pk['threads']} threads, n={pk['best_size']}): "
+            f"{pk['flops_per_second'] / 1e9:.1f} GFLOP/s; model passes {lim['flops_per_second']['total'] / 1e9:.1f} "
+            f"GFLOP/s",
+            f"FLOP ratio: {lim['flop_ratio']:.1%} of the matmul peak in the model passes ({parts}); "
+            f"{lim['flop_ratio_wall']:.1%} over the iteration's wall time"]
 
 
 def main(argv: list[str] | None = None) -> int:

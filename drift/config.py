@@ -359,6 +359,9 @@ class RunConfig:
     """Write a checkpoint every this many iterations (and at the end)."""
     threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
+    device: str = "cpu"
+    """Where the shapes world runs: 'cpu', 'cuda', 'cuda:<i>' or 'auto' (cuda if available). Like threads, it is
+    not part of the run's identity (the config hash). The sd3 world has its own setting, sd3.device."""
     model: ModelConfig = field(default_factory=ModelConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -379,6 +382,10 @@ class RunConfig:
         check(self.seed >= 0, "seed", self.seed, "must be >= 0")
         check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
         check(self.threads >= 0, "threads", self.threads, "must be >= 0")
+        check(self.device in ("cpu", "auto") or self.device.split(":")[0] == "cuda", "device", self.device,
+              "must be 'cpu', 'auto', 'cuda' or 'cuda:<index>'")
+        check(self.model.world == "shapes" or self.device == "cpu", "device", self.device,
+              f"applies to model.world='shapes' only (model.world={self.model.world!r} uses sd3.device)")
         check(bool(self.experiment) and "/" not in self.experiment, "experiment", self.experiment,
               "must be a non-empty name without '/'")
         try:  # the message must not repeat the value: it would hold a password

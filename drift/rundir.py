@@ -19,6 +19,12 @@ cheaply. docs/run_directory.md describes every file, who writes it and who reads
         JOB.json             the executor and job id that last launched the point (experiments/sweep.py)
         stdout.log           the local executor's log of the point (experiments/sweep.py, collapse.py)
         HELD, RELEASE        the DRIFT_LAUNCH_HOLD test hook's handshake (drift.launch)
+
+    <out>/base_eval_cache/<key>.lock                    flock held while a run computes that entry
+    <out>/base_eval_cache/<key>/                        BaseEvalEntry.of(out, key): one shared step-0 evaluation
+        key.json             what the key was computed from (drift.train.base_eval_key)
+        eval.json            the evaluation's metrics
+        files/...            the evaluation's step-0 files, by their path in a run directory
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ import json
 import os
 import warnings
 
-NON_SCIENCE_KEYS = ("seed", "out", "tracking_uri", "experiment", "threads")
+NON_SCIENCE_KEYS = ("seed", "out", "tracking_uri", "experiment", "threads", "device")
 """Top-level config keys that do not change what a run computes: the seed (a run directory's last level,
-not its hash), where outputs go, and the thread count. They are left out of ``science_hash``; a run
+not its hash), where outputs go, the thread count and the shapes world's device. They are left out of ``science_hash``; a run
 directory accepts a resume that changes only them; a sweep sets them itself (a grid may not); analysis
 leaves them out of a run's compared settings."""
 
@@ -50,6 +56,9 @@ def science_hash(config: dict) -> str:
     d = {k: v for k, v in config.items() if k not in NON_SCIENCE_KEYS and k != FINGERPRINT}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
+
+BASE_EVAL_CACHE = "base_eval_cache"
+"""<out>/base_eval_cache/: the base-model (step-0) evaluations shared by the runs under <out> (BaseEvalEntry)."""
 
 NON_FINITE = ("nan", "inf", "-inf")
 """How metrics.jsonl writes non-finite values (JSON has no NaN): as these strings."""
@@ -114,6 +123,9 @@ class RunDir:
     HELD, RELEASE = "HELD", "RELEASE"
     EXPORT = "export"
     EVALS, PER_PROMPT_PREFIX = "evals", "per_prompt_"
+    EVAL_STEP_DIRS = (SAMPLES, EVALS)
+    """The folders that hold an evaluation's per-step files: every such file's name ends in _NNNNNN.<ext>
+    (the 6-digit step), so ``eval_step_files`` finds whatever files an evaluation writes for a step."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -187,6 +199,17 @@ class RunDir:
         steps = [n[len(pre):-5] for n in names if n.startswith(pre) and n.endswith(".json")]
         return sorted(int(s) for s in steps if s.isascii() and s.isdigit())
 
+    def eval_step_files(self, step: int) -> list[str]:
+        """The files an evaluation wrote for ``step``, as paths relative to the run directory (sorted): every
+        file under ``EVAL_STEP_DIRS`` whose name, without its extension, ends in _NNNNNN."""
+        tag, out = f"_{step:06d}", []
+        for d in self.EVAL_STEP_DIRS:
+            root = self.file(d)
+            for dirpath, _, names in os.walk(root):
+                out += [os.path.relpath(os.path.join(dirpath, n), self.path) for n in names
+                        if os.path.splitext(n)[0].endswith(tag) and ".tmp" not in n]
+        return sorted(out)
+
     @classmethod
     def checkpoint_name(cls, step: int) -> str:
         """step_NNNNNN: the name of a checkpoint folder (sorts by step)."""
@@ -225,6 +248,25 @@ class RunDir:
         steps = [d[len(pre):] for d in os.listdir(self.checkpoints)
                  if d.startswith(pre) and os.path.exists(os.path.join(self.checkpoints, d, self.MANIFEST))]
         return sorted(int(s) for s in steps if s.isascii() and s.isdigit())  # a stray step_x folder is no checkpoint
+
+
+class BaseEvalEntry:
+    """One shared base-model evaluation: <out>/base_eval_cache/<key>/ (key.json, eval.json, files/). Complete
+    when it exists: it is written in a temporary folder beside it and renamed into place (drift.train.BaseEvalCache)."""
+
+    KEY, METRICS, FILES = "key.json", "eval.json", "files"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+
+    @classmethod
+    def of(cls, out: str, key: str) -> "BaseEvalEntry":
+        return cls(os.path.join(out, BASE_EVAL_CACHE, key))
+
+    lock = property(lambda self: self.path + ".lock", doc="<key>.lock: flock held while a run computes the entry")
+    key_record = property(lambda self: os.path.join(self.path, self.KEY), doc="key.json: the key's inputs")
+    metrics = property(lambda self: os.path.join(self.path, self.METRICS), doc="eval.json: the metrics")
+    files = property(lambda self: os.path.join(self.path, self.FILES), doc="files/: the step-0 files")
 
 
 def is_done(run_dir: str | os.PathLike) -> bool:

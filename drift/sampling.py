@@ -16,9 +16,16 @@ def guided_velocity(world, x: torch.Tensor, sigma: torch.Tensor, cond: Cond, unc
 
     ``detach_uncond``: v_u is treated as a constant, so dv/dtheta = cfg dv_c/dtheta (Flow-GRPO's SD3 trainer at
     ac4c86e); otherwise dv/dtheta = cfg dv_c/dtheta - (cfg - 1) dv_u/dtheta. The value of v is the same.
+    With ``detach_uncond`` under autograd, v_u comes from its own no-grad forward of B rows and v_c from one of B
+    rows with grad, so the backward runs through B rows, not 2B (the same values: on the CPU the two B-row calls
+    give bitwise the rows of the 2B call, tests/test_fidelity.py).
     """
     if cfg == 1 or uncond is None:
         return world.velocity(x, sigma, cond)
+    if detach_uncond and torch.is_grad_enabled():
+        with torch.no_grad():
+            v_u = world.velocity(x, sigma, uncond)
+        return v_u + cfg * (world.velocity(x, sigma, cond) - v_u)
     n = x.shape[0]
     s = sigma if sigma.ndim == 0 else torch.cat([sigma, sigma])
     v = world.velocity(torch.cat([x, x]), s, Cond.cat([cond, uncond]))

@@ -29,11 +29,12 @@ from .checkpoint import load_latest, save_checkpoint, sha256_file
 from .config import RunConfig, diff_configs
 from .errors import ConfigError
 from .diversity import mean_pairwise_distance
+from .eval_cache import BaseEvalCache, base_eval_key
 from .evaluate import eval_noise, evaluate
 from .export import EXPORT_JSON, export_run
 from .contract import AdvInput, SelectInput, ShapeInput, VaryInput, method_spec
 from .ppo import ppo_update
-from .rundir import NON_SCIENCE_KEYS, RunDir
+from .rundir import FINGERPRINT, NON_SCIENCE_KEYS, RunDir
 from .sampling import sample_trajectories
 from .state import TrainState
 from .heartbeat import Heartbeat
@@ -81,7 +82,7 @@ def config_changes(cfg: RunConfig) -> tuple[dict, list[str]]:
     """(config.json's new content, its differences from the run directory's config.json); reads only."""
     path = RunDir(cfg.run_dir()).config
     new = cfg.to_dict()
-    new["model_fingerprint"] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
+    new[FINGERPRINT] = {k: folder_fingerprint(v) for k, v in cfg.input_paths().items()}
     if not os.path.exists(path):
         return new, []
     with open(path) as f:
@@ -311,15 +312,50 @@ def reward_metrics(r_all: torch.Tensor, heads: dict[str, torch.Tensor], texts: l
 
 
 class EvalSet:
-    """The held-out prompts and their fixed noise; ``run`` evaluates the EMA weights (if any)."""
+    """The held-out prompts and their fixed noise; ``run`` evaluates the EMA weights (if any). The step-0
+    evaluation (the base model) is shared through drift.eval_cache between the runs under the same ``out``."""
 
     def __init__(self, world, cfg: RunConfig):
         self.cfg = cfg
         self.prompts = world.eval_prompts(cfg.eval.num_prompts, cfg.eval.split)
         self.noise = eval_noise(world, len(self.prompts), cfg.eval.seeds, cfg.eval.split)
 
+    def base_cache(self, world, run_dir: str) -> BaseEvalCache:
+        """The shared entry of this run's base-model evaluation (its key: drift.eval_cache.base_eval_key), with the
+        input files' fingerprints that this start wrote into config.json (not hashed again: SD3 weights are large)."""
+        c = self.cfg
+        fingerprints = dict(RunDir(run_dir).read_config()[FINGERPRINT])
+        heldout = getattr(world, "heldout_features", None)  # an evaluation-only input outside cfg.input_paths()
+        if heldout is not None:
+            fingerprints["heldout_features"] = folder_fingerprint(heldout.path)
+        return BaseEvalCache(c.out, *base_eval_key(c.to_dict(), fingerprints, world.device))
+
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:
-        t, S, per_prompt = time.time(), self.cfg.sample, {}
+        t = time.time()
+        if step == 0 and dist.world_size() == 1:  # one process: see drift/eval_cache.py
+            m = self._shared_base_eval(world, ema, run_dir, tracker)
+        else:
+            m = self._evaluate(world, ema, run_dir, step, tracker)
+        m["sys/eval_seconds"] = time.time() - t
+        return m
+
+    def _shared_base_eval(self, world, ema, run_dir: str, tracker) -> dict:
+        """The step-0 evaluation from <out>/base_eval_cache, or computed and stored there (one run at a time per key)."""
+        cache = self.base_cache(world, run_dir)
+        with cache.computing():
+            hit = cache.load(run_dir)
+            if hit is None:
+                m = self._evaluate(world, ema, run_dir, 0, tracker)
+                cache.store(m, run_dir)
+                return m
+        m, files = hit  # the same metrics and files as computing them
+        print(f"[drift] step-0 evaluation (the base model) shared from {cache.entry.path}", flush=True)
+        for rel in files:
+            tracker.log_artifact(os.path.join(run_dir, rel), os.path.dirname(rel))
+        return m
+
+    def _evaluate(self, world, ema, run_dir: str, step: int, tracker) -> dict:
+        S, per_prompt = self.cfg.sample, {}
         with ema.swapped_in() if ema else nullcontext():
             m, imgs = evaluate(world, self.prompts, self.noise, self.cfg.eval.num_steps, S.cfg, S.shift,
                                micro_batch=S.micro_batch, conditioning=self.cfg.eval.conditioning,
@@ -330,10 +366,10 @@ class EvalSet:
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         n, c = self.cfg.eval.grid_prompts, self.cfg
         rows = [world.prompt_text(p) for p in self.prompts[:n]]
-        title = f"iteration {step}{' (EMA)' if ema else ''}: {c.method}, seed {c.seed}"
+        # step 0 is the base model, the same for every run (and shared between them): no method or seed in its title
+        title = "iteration 0: the base model" if step == 0 else f"iteration {step}{' (EMA)' if ema else ''}: {c.method}, seed {c.seed}"
         dist.on_main(lambda: save_grid(imgs[:n], grid, rows, title))
         tracker.log_artifact(grid, "samples")  # every evaluation's grid, when it is made (a no-op off rank 0)
-        m["sys/eval_seconds"] = time.time() - t
         return m
 
 

@@ -581,8 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "--dry-run); the others are left as they are")
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between progress lines")
     g = ap.add_argument_group("local executor")
-    g.add_argument("--parallel", type=int, default=len(os.sched_getaffinity(0)),
-                   help="points at once (default: the cores available, %(default)s here)")
+    g.add_argument("--parallel", "--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="points at once (default: the cores available, %(default)s here); with --device cuda they share "
+                   "the GPU (e.g. --jobs 8 --device cuda puts 8 runs on one GPU, each with --threads CPU threads)")
+    g.add_argument("--device", default=None, help="the shapes world's device for every point ('cpu', 'cuda', "
+                   "'cuda:<i>', 'auto'; default: the config's, cpu); not part of a run's config hash")
     g.add_argument("--threads", type=int, default=1, help="torch threads per point (default 1: more threads than "
                    "free cores makes every op wait for the slowest thread; on Slurm it is the profile's cpus_per_task)")
     g = ap.add_argument_group("slurm executor (defaults from the profile)")
@@ -662,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         out = os.path.abspath(args.out)
         extra = parse_overrides(args.extra)
         common = {"experiment": experiment, "out": out, "threads": threads}
+        if args.device is not None:
+            common["device"] = args.device
         if args.tracking_uri is not None:
             if not args.tracking_uri.strip():  # e.g. "$(slurm/mlflow_server.sh uri)" with no server running
                 raise GridError("--tracking-uri '': empty (a failed $(...)?); it would silently log to the default "

@@ -24,8 +24,15 @@ def test_breakdown_adds_up_and_json_is_written(tmp_path, capsys):
     assert bare["shapes"]["sample_batch"] == 2 * 4 * 2 and bare["shapes"]["trained_steps"] == 3
     assert 0 < r["overhead_ratio"] < 10 and r["peak_rss_mib"] > 0
     assert r["machine"]["cpu_count"] >= 1
+    lim = r["limit"]  # the limit figure: counted FLOPs, the matmul peak measured in the same run, their ratio
+    f, ev, sh = lim["flops_per_iteration"], lim["flops_per_evaluation"], bare["shapes"]
+    # the transformer's cost is linear in the rows: sampling = rows x steps x one row's call, as evaluation counts it
+    assert f["sample"] == pytest.approx(ev["flops_per_row_call"] * sh["sample_batch"] * sh["denoise_steps"], rel=1e-6)
+    assert f["train"] > f["reference"] > 0 and ev["total"] > ev["generator"] > 0
+    assert lim["matmul_peak"]["flops_per_second"] > 0 and lim["matmul_peak"]["repetitions"] == 3
+    assert 0 < lim["flop_ratio"] < 2 and 0 < lim["flop_ratio_wall"] <= lim["flop_ratio"] * 1.5
     text = capsys.readouterr().out
-    assert "overhead ratio" in text and "backward" in text
+    assert "overhead ratio" in text and "backward" in text and "FLOP ratio" in text
 
 
 def test_bad_override_is_refused_before_work(capsys):

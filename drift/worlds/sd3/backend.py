@@ -55,14 +55,15 @@ class SD3WeightsError(FileNotFoundError):
     """The SD3 pipeline could not be loaded from model.path; the message says how to obtain it."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "sd3.device") -> torch.device:
     """'auto' -> the current CUDA device if CUDA is available, else the CPU; 'cuda' -> the current CUDA device
-    (with its index); otherwise torch.device(name)."""
+    (with its index); otherwise torch.device(name). ``field`` names the setting in the error (the shapes world:
+    'device')."""
     if name == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"sd3.device={name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+        raise ConfigError(f"{field}={name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
     if dev.type == "cuda" and dev.index is None:  # 'cuda' = this process's current device (multi-process: its rank's)
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev

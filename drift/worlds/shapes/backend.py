@@ -26,17 +26,19 @@ HELDOUT_FEATURES = os.path.join(os.path.dirname(__file__), "assets", "features_h
 
 
 class ShapesFeatures:
-    """A committed feature network behind the shared FeatureNet interface."""
+    """A committed feature network behind the shared FeatureNet interface; it runs on ``device``, takes and returns
+    CPU tensors."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: torch.device = torch.device("cpu")):
         self.path = path
-        self.net = load_features(path)
+        self.net = load_features(path).to(device)
+        self.device = device
         for p in self.net.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.float().clamp(0, 1))
+        return self.net(images.to(self.device).float().clamp(0, 1)).cpu()
 
 
 class ShapesWorld(TransformerPolicy):
@@ -44,6 +46,8 @@ class ShapesWorld(TransformerPolicy):
 
     name = "shapes"
     device = torch.device("cpu")
+    """Where the transformer, text encoder and feature net run (the config's ``device``); images, rewards and
+    features are CPU tensors."""
 
     @staticmethod
     def preflight(cfg) -> None:
@@ -64,9 +68,15 @@ class ShapesWorld(TransformerPolicy):
             p.requires_grad_(False)
         for p in transformer.parameters():
             p.requires_grad_(False)
+        if cfg.device != "cpu":
+            from ..sd3.backend import resolve_device
+
+            self.device = resolve_device(cfg.device, "device")
+            self.text_encoder.to(self.device)
+            transformer.to(self.device)
         self.setup_finetune(transformer, m)
-        self.features = ShapesFeatures(m.features)
-        self.heldout_features = ShapesFeatures(HELDOUT_FEATURES)  # eval/diversity/heldout only; no method sees it
+        self.features = ShapesFeatures(m.features, self.device)
+        self.heldout_features = ShapesFeatures(HELDOUT_FEATURES, self.device)  # eval/diversity/heldout only; no method sees it
         self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -106,12 +116,13 @@ class ShapesWorld(TransformerPolicy):
         """Text -> conditioning; each distinct text is encoded once and cached."""
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
-            h, p = self.text_encoder(self.tokenizer(missing))
+            h, p = self.text_encoder(self.tokenizer(missing).to(self.device))
             for i, t in enumerate(missing):
                 self._cache[t] = (h[i], p[i])
         return Cond(torch.stack([self._cache[t][0] for t in texts]), torch.stack([self._cache[t][1] for t in texts]))
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, device=self.device)  # the evaluation's schedule is a CPU tensor (no copy on the CPU)
         t = (1000 * sigma).expand(x.shape[0]) if sigma.ndim == 0 else 1000 * sigma
         net = self.policy_net()
         return net(x, cond.hidden, cond.pooled, t, return_dict=False)[0]
@@ -126,7 +137,8 @@ class ShapesWorld(TransformerPolicy):
 
     @staticmethod
     def decode(x: torch.Tensor) -> torch.Tensor:
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        """Model space [-1, 1] -> images in [0, 1], on the CPU (a no-op move there)."""
+        return ((x.float() + 1) / 2).clamp(0, 1).cpu()
 
     # -- reward and evaluation ------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: list[world.Prompt]) -> dict[str, torch.Tensor]:
