@@ -668,16 +668,10 @@ def variant_labels(runs: pd.DataFrame) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 # Per-prompt evaluation metrics and compute per iteration
 # ------------------------------------------------------------------------------------------------
-PER_PROMPT_DIR = "evals"
-
-
 def per_prompt_path(run_dir: str, step: int) -> str:
-    """<run>/evals/per_prompt_NNNNNN.json: ``RunDir(run_dir).eval_per_prompt(step)`` where the engine has it,
-    else the same path spelled out (the file the engine's evaluation writes at every eval step)."""
-    rd = RunDir(run_dir)
-    if hasattr(rd, "eval_per_prompt"):
-        return rd.eval_per_prompt(step)
-    return os.path.join(run_dir, PER_PROMPT_DIR, f"per_prompt_{step:06d}.json")
+    """<run>/evals/per_prompt_NNNNNN.json: ``RunDir(run_dir).eval_per_prompt(step)``, the file the engine's
+    evaluation writes at every eval step."""
+    return RunDir(run_dir).eval_per_prompt(step)
 
 
 def read_per_prompt(run_dir: str | None, step: int) -> dict | None:
