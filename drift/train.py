@@ -325,9 +325,7 @@ class EvalSet:
         input files' fingerprints that this start wrote into config.json (not hashed again: SD3 weights are large)."""
         c = self.cfg
         fingerprints = dict(RunDir(run_dir).read_config()[FINGERPRINT])
-        heldout = getattr(world, "heldout_features", None)  # an evaluation-only input outside cfg.input_paths()
-        if heldout is not None:
-            fingerprints["heldout_features"] = folder_fingerprint(heldout.path)
+        fingerprints.update({k: folder_fingerprint(v) for k, v in world.eval_inputs.items()})  # outside cfg.input_paths()
         return BaseEvalCache(c.out, *base_eval_key(c.to_dict(), fingerprints, world.device))
 
     def run(self, world, ema, run_dir: str, step: int, tracker) -> dict:

@@ -142,11 +142,18 @@ def test_pareto_is_the_judging_grid_and_reads_the_tuned_defaults(tmp_path, capsy
     assert grid.seeds == JUDGING_SEEDS and all(p.cfg.eval.split == "test" for p in pts)
     assert all(p.cfg.train.iterations == 30 and p.cfg.eval.num_prompts == 29 and p.cfg.eval.seeds == 8 for p in pts)
     arms = {p.arm for p in pts}
-    assert {"flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift", "flow_grpo_k16", "flow_grpo_kl_k16"} <= arms
+    from experiments.grids.pareto import G, K
+
+    fair = {f"flow_grpo_k{K}", f"flow_grpo_kl_k{K}"}  # compute-fair arms, only when DRIFT draws more than it trains on
+    assert {"flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift"} <= arms and (fair <= arms) == (K > G)
+    assert not (arms & fair) or K > G
     for m in TUNED_METHODS:
         (key, vals), = doc["methods"][m]["axis"].items()
         assert sorted({p.knobs[key] for p in pts if p.arm == m}) == sorted(vals)
-    assert {p.cfg.sample.group_size for p in pts if p.arm == "flow_grpo_k16"} == {16}
+    if K > G:
+        assert {p.cfg.sample.group_size for p in pts if p.arm == f"flow_grpo_k{K}"} == {K}
+    else:
+        assert any("COMPUTE-FAIR" in n for n in grid.notes)
     # arms whose method/option this code lacks are left out and named, never silently
     for arm in ("drift_kl", "oracle_spread"):
         assert (arm in arms) != any(f"ARM LEFT OUT: {arm!r}" in n for n in grid.notes)

@@ -47,6 +47,9 @@ class World(Protocol):
     heldout_features: Any
     """A second feature net with ``features``' interface, for evaluation only (``eval/diversity/heldout``): another
     seed and objective, never handed to a method. None where the world has none (the key is then absent)."""
+    eval_inputs: dict
+    """{name: path} of files the evaluation reads beyond cfg.input_paths() (e.g. the held-out feature net);
+    their content is part of the shared base-evaluation key (drift.eval_cache)."""
     paraphrase: Callable[[Any, Any], str] | None
     """(prompt, random.Random) -> a paraphrase of the prompt's text; None where the world offers none
     (drift.worlds.CAPABILITIES says so without building the world)."""

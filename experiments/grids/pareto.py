@@ -92,6 +92,11 @@ def judging_arms() -> tuple[Arm, ...]:
 
 ARMS, LEFT_OUT = available_arms(judging_arms(), SHAPES_JUDGE)
 
+COMPUTE_NOTE = (f"COMPUTE-FAIR: DRIFT draws {K} candidates per prompt and trains on {G}, as the baselines do: no "
+                "compute-fair arms needed" if K == G else
+                f"COMPUTE-FAIR: DRIFT draws {K} candidates per prompt for {G} trained: flow_grpo_k{K} and "
+                f"flow_grpo_kl_k{K} get the same {K}")
+
 GRID = Grid(
     name="pareto",
     doc=__doc__,
@@ -100,5 +105,5 @@ GRID = Grid(
     budget=SHAPES_JUDGE,
     worlds={"shapes": SHAPES},  # SD3.5-M: pareto_sd3 (its own knob values for PickScore's scale)
     point_seconds={"flow_grpo": 350, "flow_grpo_kl": 420, "diverse_grpo": 420, "drift": 480, "oracle_spread": 420},
-    notes=(tuned_status_line(TUNED), *LEFT_OUT),
+    notes=(tuned_status_line(TUNED), COMPUTE_NOTE, *LEFT_OUT),
 )

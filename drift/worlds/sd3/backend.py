@@ -333,6 +333,7 @@ class SD3World(TransformerPolicy):
         return {k: v.float().cpu() for k, v in heads.items()}
 
     heldout_features = None
+    eval_inputs: dict = {}
     """No held-out feature net for this world yet (eval/diversity/heldout is absent)."""
 
     def eval_extras(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:

@@ -77,6 +77,7 @@ class ShapesWorld(TransformerPolicy):
         self.setup_finetune(transformer, m)
         self.features = ShapesFeatures(m.features, self.device)
         self.heldout_features = ShapesFeatures(HELDOUT_FEATURES, self.device)  # eval/diversity/heldout only; no method sees it
+        self.eval_inputs = {"heldout_features": HELDOUT_FEATURES}
         self.latent_shape = (3, world.IMAGE_SIZE, world.IMAGE_SIZE)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
