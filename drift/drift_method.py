@@ -28,6 +28,8 @@ Optionally (``kl_beta`` > 0) Flow-GRPO's KL-to-reference regulariser is composed
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -306,8 +308,10 @@ def make_advantages(o: Options):
             adv = torch.where(keep, adv, torch.zeros_like(adv))
         gate = gate_of(o, inp.task_rewards, inp.heads) & torch.isfinite(inp.task_rewards)
         a = adv if adv.ndim == 2 else adv.mean(-1)
-        stats["drift/corr_adv_div_given_gate"] = bonus.conditional_correlation(a, d, gate)
-        stats["drift/corr_adv_div"] = bonus.conditional_correlation(a, d, torch.isfinite(inp.task_rewards))
+        corr = {"drift/corr_adv_div_given_gate": bonus.conditional_correlation(a, d, gate),
+                "drift/corr_adv_div": bonus.conditional_correlation(a, d, torch.isfinite(inp.task_rewards))}
+        # logged where defined (>= 3 samples with spread): an undefined correlation is not a measurement
+        stats.update({k: v for k, v in corr.items() if math.isfinite(v)})
         return adv, stats
     return advantages
 

@@ -56,7 +56,9 @@ def test_dry_run_writes_nothing_and_says_start_resume_skip_refuse(tmp_path, caps
     assert files_under(tmp_path) == []
     assert "would: start" in out and "nothing was written" in out
     resolved = json.loads(out.split("resolved config:\n", 1)[1].split("\n[drift] batch", 1)[0])
-    assert resolved["method"] == "drift" and resolved["drift"]["lam"] == 1.0 and "options" not in resolved
+    from drift.drift_method import Options
+
+    assert resolved["method"] == "drift" and resolved["drift"]["lam"] == Options().lam and "options" not in resolved
     run_dir = [ln.split(": ", 1)[1] for ln in out.splitlines() if ln.startswith("run directory: ")][0]
     assert run_dir.startswith(str(tmp_path)) and run_dir.endswith("seed0")
 
