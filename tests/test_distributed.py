@@ -92,10 +92,11 @@ def assert_rows_close(a: list[dict], b: list[dict], rtol: float = 1e-4, atol: fl
     at 1e-4 by ``assert_weights_close``).
 
     DRIFT's mechanism diagnostics (the keys drift/corr_adv_div and drift/corr_adv_div_given_gate: a Pearson
-    correlation between advantages and within-group diversity, logged only where defined) are left out: on these tiny models a group's images are nearly
-    identical, so the diversity's within-group spread is at float-rounding level and the correlation of two
-    rounding-level signals flips with the reduction order (measured: -0.31 with 2 processes, 0.71 with 1, at
-    equal rewards). Everything that the correlation describes (advantages, weights) is compared."""
+    correlation between advantages and within-group diversity, logged only where defined) are left out: on
+    these tiny models a group's images are nearly identical, so the diversity's within-group spread is at
+    float-rounding level and the correlation of two rounding-level signals flips with the reduction order
+    (measured: -0.31 with 2 processes, 0.71 with 1, at equal rewards). Everything that the correlation
+    describes (advantages, weights) is compared."""
     assert [r["step"] for r in a] == [r["step"] for r in b]
     compared = lambda k: (not k.startswith("sys/") or k == "sys/opt_steps") and not k.startswith("drift/corr_")  # noqa: E731
     for ra, rb in zip(a, b):
