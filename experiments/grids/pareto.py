@@ -14,9 +14,10 @@ Knob values: read from tuned_defaults.json (experiments/freeze.py writes it from
 prints its status; a malformed file refuses the grid). oracle_spread's alpha values are fixed below, not tuned.
 Budget presets.SHAPES_JUDGE (30 iterations x 4 prompts x 8 samples, eval at 0/10/20/30 on all 29 held-out test
 prompts x 8 fixed noises, noise seed 2026); judging seeds 0-7, never used for tuning (tuning: 100-104 on
-validation prompts). 20 configurations x 8 seeds = 160 points at ~350-480 s each with one thread: ~19 CPU-hours,
-~9.5 h with 2 at a time on the 2-core dev machine (an estimate from the calibrate grid's per-run time; the
-dry run prints it). Re-judge on seeds of your own with --seeds (docs/benchmark.md).
+validation prompts). With DRIFT v2's defaults (no oversampling, so no compute-fair arms) 16 configurations x 8
+seeds = 128 points at ~350-480 s each with one thread: ~15.6 CPU-hours, ~7.8 h with 2 at a time on the 2-core
+dev machine (an estimate from the calibrate grid's per-run time; the dry run prints it); 18 configurations (144
+points) when DRIFT oversamples and the two compute-fair arms join. Re-judge on seeds of your own with --seeds (docs/benchmark.md).
 
     python experiments/sweep.py --grid pareto --dry-run
     python experiments/sweep.py --grid pareto && python analysis/frontier.py --grid pareto
