@@ -44,11 +44,11 @@ Pre-registered before any judging run (the statistic and the rule are not change
 
 Sizing: for an effect delta on the mean paired gain whose per-seed SD is sigma, the seeds needed per arm are
 n ~= (z_0.975 + z_0.8)^2 sigma^2 / delta^2 = 7.85 sigma^2 / delta^2 (two-sided 5 %, 80 % power). sigma comes
-from the calibrate grid (Flow-GRPO and KL beta = 1, seeds 20-27, this budget; docs/calibration.md). Its interim
-result (14 of 16 runs, code of a81a1ee): the per-seed SD of the front gain at equivalent alignment is about 13
-points (only 3 of 6 paired seeds had overlapping fronts), so 8 seeds resolve gains of about 11 points (95 %
-half-width) and 80 % power for 10 points needs ~14 seeds; the final-diversity power check resolves easily (paired
-difference -0.089 [-0.108, -0.070] on eval/diversity). The earlier PRIOR, kept for the record (not a measurement): the 3-seed fast-budget gains table in
+from the calibrate grid (Flow-GRPO and KL beta = 1, seeds 20-27, this budget; docs/calibration.md). Its result
+(16 runs, code of a81a1ee): the per-seed SD of the front gain at equivalent alignment is about 13 points (only 3
+of 8 paired seeds had overlapping fronts), so 8 seeds resolve gains of about 11 points (95 % half-width) and 80 %
+power for 10 points needs ~14 seeds; the final-diversity power check resolves easily (paired difference -0.088
+[-0.106, -0.070] on eval/diversity). The earlier PRIOR, kept for the record (not a measurement): the 3-seed fast-budget gains table in
 docs/results.md has a 95 % half-width of about 6.5 % for Flow-GRPO against the KL front, i.e. sigma ~= 5.7 %,
 which would give n ~= 3 for delta = 10 % and n ~= 10 for delta = 5 %, and with 8 seeds a resolvable delta of
 about 2.8 x 5.7 % / sqrt(8) ~= 5.6 %: optimistic against the calibration's ~13 points.
