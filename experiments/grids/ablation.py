@@ -36,16 +36,24 @@ def arm(name: str, *on: str) -> Arm:
     return Arm(name, {**drift(*on), **TUNED})
 
 
-ARMS, LEFT_OUT = available_arms((
-    arm("drift", "subset", "prompt", "shaping"),
-    arm("drift -subset", "prompt", "shaping"),
-    arm("drift -prompt", "subset", "shaping"),
-    arm("drift -shaping", "subset", "prompt"),
-    arm("subset only", "subset"),
-    arm("prompt only", "prompt"),
-    arm("shaping only", "shaping"),
-    Arm("flow_grpo", {"method": "flow_grpo"}),
-), SHAPES_JUDGE)
+VARIANTS = (
+    ("drift", ("subset", "prompt", "shaping")),
+    ("drift -subset", ("prompt", "shaping")),
+    ("drift -prompt", ("subset", "shaping")),
+    ("drift -shaping", ("subset", "prompt")),
+    ("subset only", ("subset",)),
+    ("prompt only", ("prompt",)),
+    ("shaping only", ("shaping",)),
+)
+"""The ablation's DRIFT variants: (arm name, the components left on); shared with ablation_sd3."""
+
+
+def ablation_arms(make_arm) -> tuple[Arm, ...]:
+    """Every variant through ``make_arm(name, *on)``, then Flow-GRPO (every component off, no DRIFT at all)."""
+    return (*(make_arm(name, *on) for name, on in VARIANTS), Arm("flow_grpo", {"method": "flow_grpo"}))
+
+
+ARMS, LEFT_OUT = available_arms(ablation_arms(arm), SHAPES_JUDGE)
 
 GRID = Grid(
     name="ablation",

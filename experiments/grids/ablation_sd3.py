@@ -6,7 +6,7 @@ The arms of the embedded ``ablation`` grid at drift.lam = 0.3 (the middle of par
     python experiments/sweep.py --grid ablation_sd3 --dry-run
 """
 
-from .ablation import drift
+from .ablation import ablation_arms, drift
 from .presets import SD3, SD3_BUDGET
 from .spec import Arm, Grid
 
@@ -23,16 +23,7 @@ def arm(name: str, *on: str) -> Arm:
 GRID = Grid(
     name="ablation_sd3",
     doc=__doc__,
-    arms=(
-        arm("drift", "subset", "prompt", "shaping"),
-        arm("drift -subset", "prompt", "shaping"),
-        arm("drift -prompt", "subset", "shaping"),
-        arm("drift -shaping", "subset", "prompt"),
-        arm("subset only", "subset"),
-        arm("prompt only", "prompt"),
-        arm("shaping only", "shaping"),
-        Arm("flow_grpo", {"method": "flow_grpo"}),
-    ),
+    arms=ablation_arms(arm),
     seeds=(0, 1),
     budget=SD3_BUDGET,
     worlds={"sd3": SD3},
