@@ -31,7 +31,7 @@ PHASES = {"sample": ("sample",), "reward+features": ("reward", "features"), "for
 
 def point_breakdown(run_dir: str) -> dict:
     rd = RunDir(run_dir)
-    seconds = next((ev["seconds"] for ev in reversed(read_jsonl(rd.launch_log, decode=False))
+    seconds = next((ev["seconds"] for ev in reversed(read_jsonl(rd.launch_log, decode=False, metrics=False))
                     if ev.get("event") == "done"), None)
     out = {k: 0.0 for k in PHASES}
     for row in rd.read_metrics():
@@ -42,11 +42,23 @@ def point_breakdown(run_dir: str) -> dict:
     return out
 
 
+def finished(run_dir: str) -> bool:
+    """The point ran to its end (its launch log records 'done')."""
+    rd = RunDir(run_dir)
+    return os.path.exists(rd.launch_log) and any(ev.get("event") == "done" for ev in read_jsonl(rd.launch_log, decode=False, metrics=False))
+
+
 def analyze(grid_dir: str) -> dict:
+    """Per-method sums of the finished points' job seconds and phase seconds; unfinished points are counted apart
+    (a sweep still running, or stopped, can be broken down; any grid's folder, not only fast's)."""
     with open(os.path.join(grid_dir, SWEEP_INDEX)) as f:
         sweep = json.load(f)
     by_method: dict[str, dict] = {}
+    unfinished = 0
     for p in sweep["points"]:
+        if not finished(p["run_dir"]):
+            unfinished += 1
+            continue
         b = point_breakdown(p["run_dir"])
         agg = by_method.setdefault(p["method"], {"points": 0})
         agg["points"] += 1
@@ -54,7 +66,8 @@ def analyze(grid_dir: str) -> dict:
             agg[k] = agg.get(k, 0.0) + (v or 0.0)
     for agg in by_method.values():
         agg["mean_point_seconds"] = agg["point"] / agg["points"]
-    return {"grid_dir": os.path.abspath(grid_dir), "n_points": sweep["n_points"], "by_method": by_method,
+    return {"grid_dir": os.path.abspath(grid_dir), "n_points": sweep["n_points"], "unfinished_points": unfinished,
+            "by_method": by_method,
             "sum_point_seconds": sum(a["point"] for a in by_method.values())}
 
 
@@ -64,7 +77,11 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=None, help="passed to sweep.py (default: its own)")
     ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "pareto_walltime.json"))
     a = ap.parse_args()
-    from drift.bench import machine
+    import torch
+
+    from drift.bench import MatmulPeak, machine
+
+    torch.set_num_threads(1)
 
     total = None
     if a.analyze:
@@ -86,7 +103,14 @@ def main() -> int:
     res = analyze(grid_dir)
     res["total_wall_seconds"] = total
     res["machine"] = machine()
-    print(f"\nfast grid: {res['n_points']} points" + (f", wall time {total / 60:.1f} min" if total else ""))
+    peak = MatmulPeak("cpu")  # the figure's yardstick: this machine's sgemm rate on one thread, as each point runs
+    for _ in range(5):
+        peak.measure()
+    res["matmul_peak_1_thread"] = peak.summary()
+    print(f"\n{os.path.basename(os.path.normpath(grid_dir))} grid: {res['n_points']} points"
+          + (f" ({unfinished} not finished or not run, not counted)" if (unfinished := res["unfinished_points"]) else "")
+          + (f", wall time {total / 60:.1f} min" if total else "")
+          + f"; this machine's sgemm peak on 1 thread: {res['matmul_peak_1_thread']['flops_per_second'] / 1e9:.1f} GFLOP/s")
     cols = ["points", "mean_point_seconds", "point", *PHASES, "startup+other"]
     print(f"{'method':<14}" + "".join(f"{c[:16]:>17}" for c in cols))
     for m, agg in sorted(res["by_method"].items()):

@@ -87,9 +87,11 @@ class Options:
     shaping: str = "drive"
     """Diversity term: 'none' (off), 'drive' (O1: success-gated min-max bonus), 'decoupled' (O2), 'gardo' (O3:
     GARDO's multiplicative weight), or v1 potential shaping 'terminal' / 'per_step'."""
-    lam: float = 0.05
+    lam: float = 1.0
     """Coefficient of the diversity term: alpha of 'drive' / 'decoupled', lambda of 'terminal' / 'per_step'
-    (unused by 'gardo')."""
+    (unused by 'gardo'). 1.0: the smallest alpha of {0.05, 0.2, 0.5, 1} at which 'drive' passes its own
+    mechanism check on the shapes world's base model (corr(A, d | success) > 0.3; experiments/probe_components.py,
+    training prompts; docs/methods.md), where the reward's size term orders successes against diversity."""
     lam_schedule: str = "constant"
     """Schedule of lam over training: 'constant', 'linear' or 'cosine' (DIVER decays it)."""
     delta: float = 0.05

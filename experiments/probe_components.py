@@ -116,7 +116,8 @@ def main(argv=None) -> int:
                           "corr_size_d_given_success": conditional_correlation(heads["size"], d, S)}
     print(f"among successes: corr(r, d) {out['task_vs_div']['corr_r_d_given_success']:.3f}, corr(size, d) "
           f"{out['task_vs_div']['corr_size_d_given_success']:.3f} (the task reward's own ordering that a bonus must beat)")
-    forms = {"O1 drive": dict(shaping="drive"), **{f"O1 drive a={a_}": dict(shaping="drive", lam=a_) for a_ in (0.2, 0.5)},
+    forms = {f"O1 drive (a={o.lam})": dict(shaping="drive"),
+             **{f"O1 drive a={a_}": dict(shaping="drive", lam=a_) for a_ in (0.05, 0.2, 0.5, 2.0) if a_ != o.lam},
              **{f"O2 decoupled a={a_}": dict(shaping="decoupled", lam=a_) for a_ in (0.5, 1.0)},
              "O3 gardo": dict(shaping="gardo"), "v1 terminal": dict(shaping="terminal", lam=1.0, subset="none")}
     for name, kw in forms.items():

@@ -48,7 +48,7 @@ def test_named_grids_expand_and_are_valid(tmp_path):
     assert {"fast", "pareto", "ablation", "smoke"} <= set(names())
     pts = {n: expand(load(n), common=common(tmp_path)) for n in ("fast", "ablation", "smoke")}
     pareto = pts["fast"]
-    assert len(pareto) == 30 and len({p.cfg.seed for p in pareto}) >= 3
+    assert len(pareto) == 20 and len({p.cfg.seed for p in pareto}) >= 2
     assert {p.cfg.method for p in pareto} == {"flow_grpo", "flow_grpo_kl", "diverse_grpo", "drift"}
     assert sorted({p.cfg.options.lam for p in pareto if p.cfg.method == "drift"}) == [0.5, 1.0, 2.0]
     abl = pts["ablation"]
@@ -377,6 +377,13 @@ def test_local_smoke_run_skip_lock_interrupt_and_rerun(tmp_path):
     idx = json.load(open(out / "smoke" / "sweep.json"))
     assert [p["status"] for p in idx["points"]] == ["done"] * 4
     assert all(os.path.isdir(p["run_dir"]) and p["rel_dir"].endswith("seed0") for p in idx["points"])
+    # the wall-time benchmark's breakdown reads the finished sweep (job seconds and phase seconds per method)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from pareto_walltime import analyze
+
+    wall = analyze(str(out / "smoke"))
+    assert wall["unfinished_points"] == 0 and sum(m["points"] for m in wall["by_method"].values()) == 4
+    assert all(m["point"] > 0 and m["sample"] > 0 and m["evaluation"] > 0 for m in wall["by_method"].values())
 
     # 5. identical to an uninterrupted run of the same point (bitwise on CPU)
     import torch

@@ -87,20 +87,20 @@ if __name__ == "__main__":
         sys.exit(2)
     print("\n".join(as_overrides(presets[sys.argv[1]])))
 
-# Per-point budget of the embedded pareto/ablation grids on the shapes world, sized so that the 30-point
-# pareto grid finishes in under 20 minutes on a 2-core CPU machine (2 points at a time, 1 thread each).
-# Each iteration still makes 9 optimiser steps (one per trained denoising step), so 2 prompts x 8 samples
-# instead of 4 x 8 halves an iteration's cost without halving the number of updates. Evaluation at
-# iterations 0, 8 and 16 on 8 held-out prompts x 6 fixed seeds (20 ODE steps).
-# Measured (one point alone on a free core, 1 thread, at 20 iterations / eval 8 x 8 every 10): 71-86 s of
-# training per point + ~4 s start-up; one iteration 2.3 s (flow_grpo) to 3.0 s (KL, DiverseGRPO, DRIFT);
-# one evaluation 7-8 s. At this budget: ~61 s (flow_grpo) to ~75 s per point.
+# Per-point budget of the embedded fast grid (`make main`), sized so that `make main` on a fresh clone (set-up
+# included) finishes in under 20 minutes on the 2-core CPU dev machine (2 points at a time, 1 thread each).
+# Each iteration still makes 9 optimiser steps (one per trained denoising step): 2 prompts x 8 samples instead
+# of 4 x 8 halves an iteration's cost without halving the number of updates. Evaluation at iterations 0, 6
+# and 12 on 8 held-out prompts x 4 fixed seeds (20 ODE steps); the step-0 evaluation is computed once per
+# output root and shared (drift/eval_cache.py). Measured on the dev machine of 2026-12-02 (one point at a time
+# beside other work, 1 thread; sgemm peak 58 GFLOP/s on one thread): an iteration 3.3 s (flow_grpo) to 4.9 s
+# (KL), an evaluation of 48 images 11-13 s; benchmarks/pareto_walltime.py times the whole grid.
 SHAPES_FAST: dict = {
-    "train.iterations": 16,
+    "train.iterations": 12,
     "sample.groups_per_iter": 2,
-    "eval.every": 8,
+    "eval.every": 6,
     "eval.num_prompts": 8,
-    "eval.seeds": 6,
+    "eval.seeds": 4,
     "eval.grid_prompts": 8,
     "checkpoint_every": 4,
 }
