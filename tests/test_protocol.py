@@ -168,7 +168,7 @@ def test_pareto_is_the_judging_grid_and_reads_the_tuned_defaults(tmp_path, capsy
 def test_fast_is_the_old_make_main_grid_labelled_not_discriminative(tmp_path):
     grid = load("fast")
     pts = expand(grid, common=common(tmp_path))
-    assert len(pts) == 20 and grid.budget == SHAPES_FAST and "NOT DISCRIMINATIVE" in grid.doc
+    assert len(pts) == 14 and grid.budget == SHAPES_FAST and "NOT DISCRIMINATIVE" in grid.doc
     assert any("NOT DISCRIMINATIVE" in n for n in grid.notes)
     abl = expand(load("ablation"), common=common(tmp_path))
     assert {p.cfg.seed for p in abl} == set(JUDGING_SEEDS) and {p.cfg.train.iterations for p in abl} == {30}

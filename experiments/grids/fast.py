@@ -3,12 +3,14 @@ regression grid for `make main`. NOT DISCRIMINATIVE: at this budget Flow-GRPO an
 within seed noise of each other, so its gains table cannot judge a method (the judging grid is `pareto`,
 docs/benchmark.md). It shows that the whole pipeline (sweep, fronts, figures, tables) works end to end.
 
-10 settings x 2 seeds = 20 points at the SHAPES_FAST budget (presets.py: 12 iterations of 2 prompts x
-8 samples, eval at 0/6/12 on 8 prompts x 4 seeds): ~60-85 s per point with one thread on the 2-core dev machine
-of 2026-12-02, so about 12-14 minutes with 2 at a time and `make main` (set-up included) under 20 minutes
-(point_seconds below; the dry run prints the estimate; benchmarks/pareto_walltime.py times it). Two seeds
-give a per-seed interval with 1 degree of freedom: this grid shows that the pipeline works, never a gain.
-Its knob values are the earlier provisional ones, fixed here (not read from tuned_defaults.json), so that
+7 settings (Flow-GRPO, and two knob values of KL, DiverseGRPO and DRIFT) x 2 seeds = 14 points at the SHAPES_FAST
+budget (presets.py: 12 iterations of 2 prompts x 8 samples, eval at 0/6/12 on 8 prompts x 4 seeds): 70-120 s per
+point with one thread on the 2-core dev machine of 2026-12-02 (point_seconds below: measured there for KL, DiverseGRPO
+and DRIFT, estimated for Flow-GRPO), so about
+11-12 minutes with 2 at a time and `make main`, set-up included, under 20 minutes (the dry run prints the
+estimate; benchmarks/pareto_walltime.py times it). Two seeds give a per-seed interval with 1 degree of
+freedom and a front of two knob values is a sketch: this grid shows that the pipeline works, never a gain.
+Its knob values are provisional ones, fixed here (not read from tuned_defaults.json), so that
 the regression grid's run directories do not move when the tuned values do.
 
     python experiments/sweep.py --grid fast --dry-run
@@ -18,9 +20,9 @@ the regression grid's run directories do not move when the tuned values do.
 from .presets import SHAPES, SHAPES_FAST
 from .spec import Arm, Grid
 
-KL_BETAS = (0.04, 0.2, 1.0)  # flow_grpo_kl.beta: KL-to-reference strength (0.04 = Flow-GRPO GenEval; the shapes world needs more)
-DIVERSE_BETAS = (0.25, 0.5, 1.0)  # diverse_grpo.beta: creativity-bonus weight
-DRIFT_LAMS = (0.5, 1.0, 2.0)  # drift.lam: diversity-shaping strength (subset + prompt variation at defaults)
+KL_BETAS = (0.2, 1.0)  # flow_grpo_kl.beta: KL-to-reference strength (0.04 = Flow-GRPO GenEval; the shapes world needs more)
+DIVERSE_BETAS = (0.5, 1.0)  # diverse_grpo.beta: creativity-bonus weight
+DRIFT_LAMS = (1.0, 2.0)  # drift.lam: alpha of the DRIVE bonus (O1 passes its mechanism check from ~1; docs/methods.md)
 SEEDS = (0, 1)
 
 
@@ -42,5 +44,5 @@ GRID = Grid(
     seeds=SEEDS,
     budget=SHAPES_FAST,
     worlds={"shapes": SHAPES},  # SD3.5-M: the <grid>_sd3 grid (same arms, knobs for PickScore's scale)
-    point_seconds={"flow_grpo": 62, "flow_grpo_kl": 82, "diverse_grpo": 72, "drift": 72},
+    point_seconds={"flow_grpo": 75, "flow_grpo_kl": 108, "diverse_grpo": 91, "drift": 90},
 )
