@@ -266,6 +266,10 @@ class SD3Config:
     """Optional separate file of evaluation prompts ('' = the eval split of ``prompts``)."""
     eval_fraction: float = 0.25
     """Share of the prompts of ``prompts`` without a "split" field that go to evaluation (by a hash of the text)."""
+    paraphrases: str = ""
+    """JSONL file of {"prompt": ..., "paraphrases": [...]} lines giving training prompts of ``prompts`` their
+    paraphrases (DRIFT's drift.prompt=paraphrase needs one); a JSONL prompt file with "paraphrases" fields may
+    name itself. '' = none (the world then offers no paraphrases). Ours: prompts/drift_sd3_v1.paraphrases.jsonl."""
     w_pickscore: float = 1.0
     """Weight of PickScore (/26 scale, ~0.8-0.9 on SD3.5-M) in the training reward (0 = not used)."""
     w_hpsv21: float = 0.0
@@ -317,6 +321,8 @@ class SD3Config:
         check(self.vae_batch_size >= 1, "sd3.vae_batch_size", self.vae_batch_size, "must be >= 1")
         check(bool(self.prompts), "sd3.prompts", self.prompts, "must name a prompt file")
         check(0 < self.eval_fraction < 1, "sd3.eval_fraction", self.eval_fraction, "must be in (0, 1)")
+        check(not self.paraphrases or self.paraphrases.endswith(".jsonl"), "sd3.paraphrases", self.paraphrases,
+              "must be '' or a JSONL file (.jsonl) of {\"prompt\": ..., \"paraphrases\": [...]} lines")
         for n in SD3_REWARDS:
             w = getattr(self, f"w_{n}")
             check(w == w and abs(w) != float("inf"), f"sd3.w_{n}", w, "must be finite")
@@ -341,6 +347,10 @@ class SD3Config:
 
 WORLD_SECTIONS = {"sd3": "sd3"}
 """Sections that belong to one world (section -> world): in config.json and the hash only for that world."""
+
+LATE_FIELDS = {"sd3.paraphrases": ""}
+"""Fields added after run directories were recorded ('section.field' -> default): in config.json and the hash only
+when set to another value, so that the runs recorded before them keep their directories (tests/golden)."""
 
 
 @dataclass
@@ -414,6 +424,10 @@ class RunConfig:
         for sec, world in WORLD_SECTIONS.items():  # absent for other worlds: their hashes predate the section
             if self.model.world != world:
                 d.pop(sec)
+        for key, default in LATE_FIELDS.items():  # absent at their default: those hashes predate the field
+            sec, name = key.split(".")
+            if sec in d and d[sec][name] == default:
+                d[sec].pop(name)
         return d
 
     def science_hash(self) -> str:
@@ -428,6 +442,8 @@ class RunConfig:
             out["prompts"] = resolve_path(self.sd3.prompts)
             if self.sd3.eval_prompts:
                 out["eval_prompts"] = resolve_path(self.sd3.eval_prompts)
+            if self.sd3.paraphrases:
+                out["paraphrases"] = resolve_path(self.sd3.paraphrases)
         return out
 
     def run_dir(self) -> str:

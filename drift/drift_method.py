@@ -41,7 +41,7 @@ from .contract import (AdvInput, Hooks, MethodSpec, SelectInput, ShapeInput, Var
                        select_all, shape_none, uncond_identity, vary_identity)
 from .diversity import per_sample_diversity
 from .errors import check
-from .worlds import offers
+from .worlds import lacks
 
 SUBSETS = ("none", "outlier", "robust", *subset.RULES)
 """drift.subset values: off, S1, S2, and the v1 window rules."""
@@ -336,8 +336,9 @@ def build(o: Options) -> Hooks:
 def validate(cfg) -> None:
     o = cfg.options
     if o.prompt in ("paraphrase", "both"):
-        check(offers(cfg.model.world, "paraphrase"), "drift.prompt", o.prompt,
-              f"model.world={cfg.model.world!r} offers no paraphrases (drift.worlds.CAPABILITIES); use 'cads' or 'embed'")
+        why = lacks(cfg, "paraphrase")
+        check(why is None, "drift.prompt", o.prompt, f"model.world={cfg.model.world!r} offers no paraphrases with this "
+              f"config: {why}; or use drift.prompt='cads' or 'embed'")
     if o.subset == "robust" or o.subset_stats == "all":
         check(not cfg.train.global_std, "train.global_std", cfg.train.global_std,
               f"must be false with drift.subset={o.subset!r} (drift.subset_stats={o.subset_stats!r}): "

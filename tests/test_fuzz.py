@@ -317,14 +317,16 @@ def test_slurm_profiles_load_exactly_or_are_refused_naming_the_file(data):
 
 
 # ================================================================================================
-# 4. Prompt files (text: one per line; JSONL: {"prompt", "split", ...} per line)
+# 4. Prompt files (text: one per line; JSONL: {"prompt", "split", "paraphrases", ...} per line)
 # ================================================================================================
 from drift.prompts import PromptFileError, load_prompt_splits, read_prompt_file  # noqa: E402
 
 prompt_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
 json_line = st.one_of(
     st.fixed_dictionaries({"prompt": prompt_text}, optional={"split": st.sampled_from(["train", "eval", "test", None, 3]),
-                                                             "tag": st.one_of(st.integers(), prompt_text)}),
+                                                             "tag": st.one_of(st.integers(), prompt_text),
+                                                             "paraphrases": st.one_of(st.lists(prompt_text, max_size=3),
+                                                                                      st.just("x"), st.just([3]))}),
     st.one_of(st.integers(), st.lists(st.integers(), max_size=2), st.just({"prompt": 3}), st.just({"text": "x"})))
 
 
@@ -346,8 +348,8 @@ def prompt_files(draw):
 def write_back(entries, path):
     with open(path, "w", encoding="utf-8") as f:
         for e in entries:
-            f.write(json.dumps({"prompt": e.text, **({"split": e.split} if e.split else {}), **e.meta},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"prompt": e.text, **({"split": e.split} if e.split else {}), **e.meta,
+                                **({"paraphrases": list(e.paraphrases)} if e.paraphrases else {})}, ensure_ascii=False) + "\n")
 
 
 @fuzz(200)
@@ -379,7 +381,7 @@ def test_prompt_files_read_exactly_or_are_refused_naming_the_file(case):
     back = os.path.join(d, "back.jsonl")
     write_back(entries, back)
     again = read_prompt_file(back)
-    assert again == entries and [e.meta for e in again] == [e.meta for e in entries]
+    assert again == entries and [e.meta for e in again] == [e.meta for e in entries]  # paraphrases included
     try:
         tr, ev = load_prompt_splits(path, eval_fraction=0.5)
     except PromptFileError as e:

@@ -434,7 +434,149 @@ def test_prompt_file_edited_in_place_is_refused_on_resume(models, tmp_path):
 def test_sd3_world_fulfils_the_contract(models, tmp_path):
     from test_world_contract import check_world_contract
 
-    check_world_contract(world_of(models, tmp_path), "sd3")
+    check_world_contract(world_of(models, tmp_path), make_config(items(models, tmp_path)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Paraphrases (DRIFT's P2 on the SD3 world): JSONL "paraphrases" fields and the sd3.paraphrases file
+# ------------------------------------------------------------------------------------------------
+OURS = "prompts/drift_sd3_v1.paraphrases.jsonl"
+
+
+def test_jsonl_paraphrases_are_read_and_never_move_the_split(tmp_path):
+    texts = [f"a prompt number {i}" for i in range(40)]
+    plain, with_p = tmp_path / "plain.jsonl", tmp_path / "with.jsonl"
+    plain.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    with_p.write_text("".join(json.dumps({"prompt": t, "paraphrases": [f" {t}, reworded ", f"reworded {t}"], "tag": 1})
+                              + "\n" for t in texts))
+    e = read_prompt_file(str(with_p))[3]
+    assert e.paraphrases == (f"{texts[3]}, reworded", f"reworded {texts[3]}") and e.meta == {"tag": 1} and e.line == 4
+    assert load_prompt_splits(str(with_p)) == load_prompt_splits(str(plain))  # splits hash the original text only
+
+
+@pytest.mark.parametrize("paraphrases, rule", [
+    ("a kitten", r"must be a list of strings, not str"),
+    (["a kitten", 3], r"item 1 \(3\) must be a non-empty string"),
+    (["  "], r"item 0 \('  '\) must be a non-empty string"),
+    (["a kitten", " a cat "], r"item 1 \(' a cat '\) repeats the prompt"),
+    (["a kitten", "a kitten"], r"item 1 \('a kitten'\) repeats an earlier paraphrase"),
+])
+def test_bad_paraphrases_are_named_with_file_line_and_rule(tmp_path, paraphrases, rule):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"prompt": "a dog"}) + "\n" + json.dumps({"prompt": "a cat", "paraphrases": paraphrases}) + "\n")
+    with pytest.raises(PromptFileError, match=rf"bad\.jsonl, line 2: \"paraphrases\" of 'a cat': {rule}"):
+        read_prompt_file(str(p))
+
+
+def test_a_repeated_prompt_with_other_paraphrases_is_refused(tmp_path):
+    p = tmp_path / "dup.jsonl"
+    p.write_text('{"prompt": "a cat", "paraphrases": ["a kitten"]}\n{"prompt": "a dog"}\n'
+                 '{"prompt": "a cat", "paraphrases": ["one cat"]}\n')
+    with pytest.raises(PromptFileError, match=r"dup\.jsonl, line 3: 'a cat' repeats line 1 with other \"paraphrases\""):
+        read_prompt_file(str(p))
+    p.write_text('{"prompt": "a cat", "paraphrases": ["a kitten"]}\n{"prompt": "a cat"}\n')  # a bare repeat: kept once
+    assert read_prompt_file(str(p))[0].paraphrases == ("a kitten",)
+
+
+def test_paraphrase_files_are_checked_against_the_prompt_set(tmp_path):
+    from drift.prompts import read_paraphrases
+
+    side = tmp_path / "side.jsonl"
+    prompts, held = ["a cat", "a dog", "a cow"], ["a cow"]
+    side.write_text('{"prompt": "a cat", "paraphrases": ["a kitten", "one cat"]}\n{"prompt": "a dog"}\n')
+    assert read_paraphrases(str(side), prompts, held) == {"a cat": ("a kitten", "one cat")}
+    cases = [('{"prompt": "a bird", "paraphrases": ["one bird"]}\n', r"line 1: \"prompt\"='a bird' is not a prompt of the prompt set"),
+             ('{"prompt": "a dog"}\n{"prompt": "a cat", "paraphrases": ["a kitten", "a cow"]}\n',
+              r"line 2: \"paraphrases\" of 'a cat' hold 'a cow', the text of an eval or validation prompt"),
+             ('{"prompt": "a dog"}\n', r"holds no paraphrase")]
+    for text, pattern in cases:
+        side.write_text(text)
+        with pytest.raises(PromptFileError, match=r"side\.jsonl.*" + pattern):
+            read_paraphrases(str(side), prompts, held)
+    txt = tmp_path / "side.txt"
+    txt.write_text("a cat\n")
+    with pytest.raises(PromptFileError, match=r"side\.txt.*must be a JSONL file"):
+        read_paraphrases(str(txt), prompts, held)
+
+
+def test_the_shipped_paraphrases_cover_exactly_the_training_prompts():
+    from drift.prompts import carve_validation, read_paraphrases
+
+    cfg = make_config(["model.world=sd3"])  # the defaults: prompts/drift_sd3_v1.txt, eval_fraction 0.25
+    pool, ev = load_prompt_splits(cfg.sd3.prompts, cfg.sd3.eval_prompts, cfg.sd3.eval_fraction)
+    train, val = carve_validation(pool)
+    table = read_paraphrases(OURS, pool + ev, ev + val)  # none is a held-out prompt's text
+    assert list(table) == train and len(train) == 60 and all(len(v) == 3 for v in table.values())
+    every = [t for v in table.values() for t in v]
+    assert len(set(every)) == len(every) and not set(every) & set(pool + ev)
+
+
+def test_sd3_paraphrases_setting_keeps_old_run_directories(tmp_path):
+    base = make_config(["model.world=sd3"])
+    assert "paraphrases" not in base.to_dict()["sd3"]  # at its default: config.json and the hash predate the field
+    on = make_config(["model.world=sd3", f"sd3.paraphrases={OURS}"])
+    assert on.to_dict()["sd3"]["paraphrases"] == OURS and on.science_hash() != base.science_hash()
+    assert config_from_dict(on.to_dict()).to_dict() == on.to_dict() and config_from_dict(base.to_dict()).to_dict() == base.to_dict()
+    assert on.input_paths()["paraphrases"].endswith(OURS) and "paraphrases" not in base.input_paths()
+    with pytest.raises(ConfigError, match=r"sd3.paraphrases='p.txt': must be '' or a JSONL file"):
+        make_config(["model.world=sd3", "sd3.paraphrases=p.txt"])
+
+
+@pytest.mark.parametrize("kind", ["paraphrase", "both"])
+def test_p2_on_sd3_needs_a_paraphrase_file(kind):
+    from drift.worlds import offers
+
+    with pytest.raises(ConfigError, match=rf"drift\.prompt='{kind}': model\.world='sd3' offers no paraphrases with this "
+                                          r"config: sd3\.paraphrases='' names no paraphrase file; set it to a JSONL file.*"
+                                          r"sd3\.paraphrases=prompts/drift_sd3_v1\.paraphrases\.jsonl.*'cads' or 'embed'"):
+        make_config(["model.world=sd3", "method=drift", f"drift.prompt={kind}"])
+    cfg = make_config(["model.world=sd3", "method=drift", f"drift.prompt={kind}", f"sd3.paraphrases={OURS}"])
+    assert offers(cfg, "paraphrase") and not offers(make_config(["model.world=sd3"]), "paraphrase")
+    assert offers(make_config([]), "paraphrase")  # the shapes world: always
+
+
+def test_sd3_world_offers_paraphrases_iff_configured(models, tmp_path):
+    import random
+
+    from test_world_contract import check_world_contract
+
+    from drift.worlds import check_available
+
+    on = make_config(items(models, tmp_path, f"sd3.paraphrases={OURS}"))
+    w = world_of(models, tmp_path, f"sd3.paraphrases={OURS}")
+    check_world_contract(w, on)
+    assert w.paraphrase is not None and len(w.paraphrases) == 60
+    rng = random.Random(0)
+    got = {w.paraphrase("a dog", rng) for _ in range(50)}
+    assert got == {"one dog", "a single dog", "an image of a dog"}
+    held = w.eval_texts[0]
+    assert w.paraphrase(held, rng) == held  # a prompt without paraphrases: itself
+    side = tmp_path / "eval_only.jsonl"
+    side.write_text(json.dumps({"prompt": held, "paraphrases": [held + ", reworded"]}) + "\n")
+    with pytest.raises(ConfigError, match=rf"sd3.paraphrases='{side}': none of the 60 training prompts .* has a paraphrase"):
+        check_available(make_config(items(models, tmp_path, f"sd3.paraphrases={side}")))  # preflight, before any work
+
+
+def test_drift_p2_on_sd3_rewards_the_original_prompt(models, tmp_path, monkeypatch):
+    """Every sample conditioned on a paraphrase (prompt_scale 1); the training reward still sees the original
+    prompts. The world's reward and encode are wrapped to record their inputs (and then run unchanged)."""
+    from drift.train import train
+    from drift.worlds.sd3.backend import SD3World, load_prompt_sets
+
+    phase, rewarded, encoded = ["start"], [], []
+    real_reward, real_encode = SD3World.reward, SD3World.encode
+    monkeypatch.setattr(SD3World, "reward", lambda self, im, ps: rewarded.append((phase[0], list(ps))) or real_reward(self, im, ps))
+    monkeypatch.setattr(SD3World, "encode", lambda self, ts: encoded.extend(ts) or real_encode(self, ts))
+    cfg = make_config(items(models, tmp_path, "method=drift", "drift.prompt=paraphrase", "drift.prompt_scale=1",
+                            "drift.prompt_schedule=constant", "train.iterations=1", f"sd3.paraphrases={OURS}"))
+    train(cfg, progress=False, on_phase=lambda ph, it: phase.__setitem__(0, ph))
+    assert [x["step"] for x in rows(cfg.run_dir())] == [0, 1]
+    sets = load_prompt_sets(cfg)
+    (trained,) = [ps for ph, ps in rewarded if ph == "reward"]  # the iteration's training reward
+    assert trained and set(trained) <= set(sets.train)
+    of = {t: p for p, v in sets.paraphrases.items() for t in v}
+    used = set(encoded) & set(of)
+    assert used and {of[t] for t in used} <= set(trained)  # the policy was conditioned on their paraphrases
 
 
 # ------------------------------------------------------------------------------------------------

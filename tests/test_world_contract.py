@@ -11,10 +11,11 @@ from drift.worlds import CAPABILITIES, offers
 from drift.worlds.types import Cond, World
 
 
-def check_world_contract(world, name: str) -> None:
-    """Every member of the protocol is there, and each call returns what the protocol says."""
+def check_world_contract(world, cfg) -> None:
+    """Every member of the protocol is there, and each call returns what the protocol says (``cfg``: the config
+    the world was built from; what it offers beyond the protocol is decided from it)."""
     assert isinstance(world, World), [m for m in getattr(World, "__protocol_attrs__", ()) if not hasattr(world, m)]
-    assert offers(name, "paraphrase") == (world.paraphrase is not None), CAPABILITIES
+    assert offers(cfg, "paraphrase") == (world.paraphrase is not None), cfg.model.world
     prompts = world.train_prompts()[:2]
     assert len(world.eval_prompts(2)) == 2
     with warnings.catch_warnings():  # a small prompt file may hold fewer validation prompts than asked for
@@ -58,14 +59,16 @@ def test_shapes_world_fulfils_the_contract(tmp_path, finetune):
     from drift.worlds import make_world
 
     torch.manual_seed(0)
-    world = make_world(make_config([f"out={tmp_path}", f"model.finetune={finetune}"]))
-    check_world_contract(world, "shapes")
+    cfg = make_config([f"out={tmp_path}", f"model.finetune={finetune}"])
+    world = make_world(cfg)
+    check_world_contract(world, cfg)
     if finetune == "full":  # the reference is a frozen copy, not the trained module
         assert world._ref_copy is not None and world.policy_net() is world.transformer
 
 
 def test_drift_asks_for_paraphrases_not_for_a_world_name(monkeypatch):
     make_config(["method=drift", "drift.prompt=both"])
-    monkeypatch.setitem(CAPABILITIES, "shapes", frozenset())
-    with pytest.raises(ConfigError, match=r"drift\.prompt='both': model\.world='shapes' offers no paraphrases"):
+    monkeypatch.setitem(CAPABILITIES, "shapes", {"paraphrase": lambda cfg: "none here"})
+    with pytest.raises(ConfigError, match=r"drift\.prompt='both': model\.world='shapes' offers no paraphrases "
+                                          r"with this config: none here; or use drift\.prompt='cads'"):
         make_config(["method=drift", "drift.prompt=both"])

@@ -3,8 +3,9 @@
 'embed': Gaussian noise on the text conditioning, scaled to the prompt's own embedding size:
     h'_i = h + s_t * rms(h) * eps_i,   p'_i = p + s_t * rms(p) * eps'_i,   eps ~ N(0, I)
 with s_t = scale * schedule(t) (annealed to 0 by default: variation early, the plain prompt late).
-'paraphrase': each sample is conditioned on a random paraphrase of its prompt (synonyms and
-templates of the world), with probability s_t; the rest keep the original text.
+'paraphrase': each sample is conditioned on a random paraphrase of its prompt (``world.paraphrase``: the
+shapes world's synonyms and templates, the SD3 world's sd3.paraphrases file), with probability s_t; the rest keep
+the original text.
 'both': paraphrase, then embedding noise. The reward is always computed on the original prompt.
 'cads': condition annealing within each trajectory (drift/components/cads.py), not a per-iteration variation.
 """

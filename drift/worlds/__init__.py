@@ -3,7 +3,8 @@
 What every world offers is the ``World`` protocol of drift/worlds/types.py (checked for each world by
 tests/test_world_contract.py): prompts, ``encode``, ``velocity``, ``reference()``, ``decode``, the
 reward heads, the feature net and eval extras. What a world can do beyond that (e.g. paraphrase its
-prompts) is declared in ``CAPABILITIES``, so config validation can ask without building the world.
+prompts) is decided from the config by ``CAPABILITIES`` (``offers`` / ``lacks``), so config validation can ask
+without building the world or reading a file.
 
 Worlds: ``shapes`` (drift/worlds/shapes: the embedded pixel-space model, CPU) and ``sd3`` (drift/worlds/sd3:
 diffusers SD3-family pipelines, SD3.5-Medium by default; its settings are the sd3.* config section).
@@ -15,13 +16,37 @@ BACKENDS = {"shapes": ".shapes.backend.ShapesWorld", "sd3": ".sd3.backend.SD3Wor
 """World name -> its class (imported only when that world is built)."""
 AVAILABLE = tuple(BACKENDS)
 
-CAPABILITIES: dict[str, frozenset[str]] = {"shapes": frozenset({"paraphrase"}), "sd3": frozenset()}
-"""World name -> what it offers beyond the World protocol: 'paraphrase' = ``world.paraphrase`` is not None."""
+
+def _always(cfg) -> str | None:
+    """Offered by every config of the world."""
+    return None
 
 
-def offers(world: str, capability: str) -> bool:
-    """Whether world ``world`` offers ``capability`` (one of the CAPABILITIES values)."""
-    return capability in CAPABILITIES.get(world, frozenset())
+def _sd3_paraphrase(cfg) -> str | None:
+    """The SD3 world paraphrases iff sd3.paraphrases names a paraphrase file; else why not and how to fix it."""
+    if cfg.sd3.paraphrases:
+        return None
+    ours = (", e.g. sd3.paraphrases=prompts/drift_sd3_v1.paraphrases.jsonl for the default sd3.prompts"
+            if cfg.sd3.prompts == "prompts/drift_sd3_v1.txt" else "")
+    return ("sd3.paraphrases='' names no paraphrase file; set it to a JSONL file of {\"prompt\": ..., \"paraphrases\": "
+            "[...]} lines" + ours + " (docs/sd3.md)")
+
+
+CAPABILITIES = {"shapes": {"paraphrase": _always}, "sd3": {"paraphrase": _sd3_paraphrase}}
+"""World name -> {capability: cfg -> None if the configured world offers it, else why not and how to turn it on},
+beyond the World protocol; decided from the config alone. 'paraphrase' = ``world.paraphrase`` is not None
+(shapes: always, its templates and synonyms; sd3: iff sd3.paraphrases is set)."""
+
+
+def lacks(cfg, capability: str) -> str | None:
+    """None if the world of ``cfg`` offers ``capability`` with this config, else why not (naming the field)."""
+    rule = CAPABILITIES.get(cfg.model.world, {}).get(capability)
+    return f"model.world={cfg.model.world!r} has no {capability!r} at all" if rule is None else rule(cfg)
+
+
+def offers(cfg, capability: str) -> bool:
+    """Whether the world of ``cfg`` offers ``capability`` (a key of its CAPABILITIES entry) with this config."""
+    return lacks(cfg, capability) is None
 
 
 # Files a world reads from its local model folders: {config field: [relative paths]}.

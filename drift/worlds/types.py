@@ -52,7 +52,7 @@ class World(Protocol):
     their content is part of the shared base-evaluation key (drift.eval_cache)."""
     paraphrase: Callable[[Any, Any], str] | None
     """(prompt, random.Random) -> a paraphrase of the prompt's text; None where the world offers none
-    (drift.worlds.CAPABILITIES says so without building the world)."""
+    (drift.worlds.offers(cfg, 'paraphrase') says so from the config, without building the world)."""
 
     def train_prompts(self) -> list: ...
 

@@ -31,7 +31,7 @@ import contextlib
 import os
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -39,7 +39,7 @@ from ...errors import ConfigError
 from ..types import Cond
 from ..policy import TransformerPolicy, check_lora_targets, transformer_module_names
 from ...sde import sigma_schedule
-from ...prompts import carve_validation, load_prompt_splits
+from ...prompts import carve_validation, load_prompt_splits, read_paraphrases
 
 if TYPE_CHECKING:
     from ...config import RunConfig
@@ -151,6 +151,37 @@ def off_recipe_fields(cfg: RunConfig) -> list[str]:
     return out
 
 
+class PromptSets(NamedTuple):
+    """The SD3 world's prompt texts: the eval, validation and training splits and the paraphrases."""
+
+    train: list[str]
+    """What RL trains on: the train split without the validation carve-out (with it if not train.holdout_validation)."""
+    eval: list[str]
+    validation: list[str]
+    paraphrases: dict[str, tuple[str, ...]]
+    """{training prompt: its paraphrases} from sd3.paraphrases ({} without one); prompts without any are absent."""
+
+
+def load_prompt_sets(cfg: RunConfig) -> PromptSets:
+    """The splits of sd3.prompts (+ sd3.eval_prompts), by the original texts' hashes, and the paraphrases of the
+    training prompts from sd3.paraphrases (none may be an eval or validation prompt's text); ConfigError naming
+    sd3.paraphrases if it gives no training prompt a paraphrase, PromptFileError for a bad file."""
+    s = cfg.sd3
+    pool, ev = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
+    train, val = carve_validation(pool)
+    if not cfg.train.holdout_validation:
+        train = pool
+    table: dict[str, tuple[str, ...]] = {}
+    if s.paraphrases:
+        every = read_paraphrases(s.paraphrases, pool + ev, ev + val)
+        table = {t: every[t] for t in train if t in every}
+        if not table:
+            raise ConfigError(f"sd3.paraphrases={s.paraphrases!r}: none of the {len(train)} training prompts of "
+                              f"{s.prompts!r} has a paraphrase there (it gives {len(every)} eval or validation prompts "
+                              "paraphrases, which are never trained on); paraphrase the training prompts")
+    return PromptSets(train, ev, val, table)
+
+
 def vae_scale_factor(vae) -> int:
     """Pixels per latent cell: 2 ** (number of VAE blocks - 1) (8 for SD3's VAE)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -160,17 +191,16 @@ class SD3World(TransformerPolicy):
     """SD3 pipeline + prompt file + MultiReward + feature net behind the engine's world interface."""
 
     name = "sd3"
-    paraphrase = None  # no text-level variation; DRIFT's prompt component uses embedding noise here
 
     @staticmethod
     def preflight(cfg: RunConfig) -> None:
-        """Cheap checks before anything is written: the prompt files parse into non-empty splits, the
-        pipeline is loadable without a download, and local reward / feature paths exist."""
+        """Cheap checks before anything is written: the prompt files parse into non-empty splits, the paraphrase
+        file (if any) fits them, the pipeline is loadable without a download, and local reward / feature paths exist."""
         s = cfg.sd3
-        train, _ = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
-        if cfg.eval.split == "validation" and not carve_validation(train)[1]:
-            raise ConfigError(f"eval.split='validation': the validation carve-out of {s.prompts!r}'s {len(train)} "
-                              "training prompts is empty (1 in 5 by a hash of the text, drift/prompts.py); add prompts")
+        sets = load_prompt_sets(cfg)
+        if cfg.eval.split == "validation" and not sets.validation:
+            raise ConfigError(f"eval.split='validation': the validation carve-out of {s.prompts!r}'s training "
+                              "prompts is empty (1 in 5 by a hash of the text, drift/prompts.py); add prompts")
         problem = pipeline_problem(cfg.model.path)
         if problem:  # a ConfigError here (sweeps report those per point); loading itself raises SD3WeightsError
             raise ConfigError(f"{problem}. {how_to_get(cfg.model.path)}")
@@ -197,10 +227,14 @@ class SD3World(TransformerPolicy):
         self.cfg = s
         self.device = resolve_device(s.device)
         self.dtype = TORCH_DTYPES[s.dtype]
-        pool, self.eval_texts = load_prompt_splits(s.prompts, s.eval_prompts, s.eval_fraction)
-        self.train_texts, self.validation_texts = carve_validation(pool)
-        if not cfg.train.holdout_validation:
-            self.train_texts = pool
+        sets = load_prompt_sets(cfg)
+        self.train_texts, self.eval_texts, self.validation_texts = sets.train, sets.eval, sets.validation
+        self.paraphrases = sets.paraphrases
+        if s.paraphrases:  # drift.worlds.offers(cfg, 'paraphrase') says the same from the config
+            print(f"[drift] sd3: {len(self.paraphrases)} of {len(self.train_texts)} training prompts have paraphrases "
+                  f"({sum(map(len, self.paraphrases.values()))} in all, from {s.paraphrases})", flush=True)
+        else:
+            self.paraphrase = None  # no text-level variation without a paraphrase file
 
         pipe = load_pipeline(m.path, self.dtype, TORCH_DTYPES[s.vae_dtype])
         for mod in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3):
@@ -261,6 +295,12 @@ class SD3World(TransformerPolicy):
     @staticmethod
     def prompt_text(p: str) -> str:
         return p
+
+    def paraphrase(self, prompt: str, rng) -> str:
+        """rng.choice of the prompt's paraphrases (sd3.paraphrases); the prompt itself when it has none. The
+        instance's ``paraphrase`` is None (the world offers none) when sd3.paraphrases is ''."""
+        options = self.paraphrases.get(prompt)
+        return rng.choice(options) if options else prompt
 
     # -- model --------------------------------------------------------------------------------
     @torch.no_grad()
