@@ -4,12 +4,12 @@ within seed noise of each other, so its gains table cannot judge a method (the j
 docs/benchmark.md). It shows that the whole pipeline (sweep, fronts, figures, tables) works end to end.
 
 7 settings (Flow-GRPO, and two knob values of KL, DiverseGRPO and DRIFT) x 2 seeds = 14 points at the SHAPES_FAST
-budget (presets.py: 12 iterations of 2 prompts x 8 samples, eval at 0/6/12 on 8 prompts x 4 seeds): 70-120 s per
-point with one thread on the 2-core dev machine of 2026-12-02 (point_seconds below: measured there for KL, DiverseGRPO
-and DRIFT, estimated for Flow-GRPO), so about
-11-12 minutes with 2 at a time and `make main`, set-up included, under 20 minutes (the dry run prints the
-estimate; benchmarks/pareto_walltime.py times it). Two seeds give a per-seed interval with 1 degree of
-freedom and a front of two knob values is a sketch: this grid shows that the pipeline works, never a gain.
+budget (presets.py: 8 iterations of 2 prompts x 8 samples, eval at 0/4/8 on 8 prompts x 4 seeds), sized from
+points measured on the 2-core dev machine of 2026-12-02 so that `make main`, set-up included, stays under 20
+minutes there (point_seconds below; the dry run prints the estimate; benchmarks/pareto_walltime.py times the
+grid; the README gives the measured `make main`). Two seeds give a per-seed interval with 1 degree of freedom,
+a front of two knob values is a sketch, and 8 iterations barely start the collapse: this grid shows that the
+pipeline works, never a gain.
 Its knob values are provisional ones, fixed here (not read from tuned_defaults.json), so that
 the regression grid's run directories do not move when the tuned values do.
 
@@ -44,5 +44,5 @@ GRID = Grid(
     seeds=SEEDS,
     budget=SHAPES_FAST,
     worlds={"shapes": SHAPES},  # SD3.5-M: the <grid>_sd3 grid (same arms, knobs for PickScore's scale)
-    point_seconds={"flow_grpo": 75, "flow_grpo_kl": 108, "diverse_grpo": 91, "drift": 90},
+    point_seconds={"flow_grpo": 60, "flow_grpo_kl": 85, "diverse_grpo": 75, "drift": 70},
 )

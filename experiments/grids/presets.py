@@ -90,15 +90,15 @@ if __name__ == "__main__":
 # Per-point budget of the embedded fast grid (`make main`), sized so that `make main` on a fresh clone (set-up
 # included) finishes in under 20 minutes on the 2-core CPU dev machine (2 points at a time, 1 thread each).
 # Each iteration still makes 9 optimiser steps (one per trained denoising step): 2 prompts x 8 samples instead
-# of 4 x 8 halves an iteration's cost without halving the number of updates. Evaluation at iterations 0, 6
-# and 12 on 8 held-out prompts x 4 fixed seeds (20 ODE steps); the step-0 evaluation is computed once per
-# output root and shared (drift/eval_cache.py). Measured on the dev machine of 2026-12-02 (one point at a time
-# beside other work, 1 thread; sgemm peak 58 GFLOP/s on one thread): an iteration 3.3 s (flow_grpo) to 4.9 s
-# (KL), an evaluation of 48 images 11-13 s; benchmarks/pareto_walltime.py times the whole grid.
+# of 4 x 8 halves an iteration's cost without halving the number of updates. Evaluation at iterations 0, 4
+# and 8 on 8 held-out prompts x 4 fixed seeds (20 ODE steps); the step-0 evaluation is computed once per
+# output root and shared (drift/eval_cache.py). Measured on the dev machine of 2026-12-02 (sgemm peak 58
+# GFLOP/s on one thread), at 12 iterations: KL points 97-123 s, DiverseGRPO 91-111 s, DRIFT 90 s, which put
+# `make main` at ~22 min with its set-up (4-7 min); hence 8 iterations. benchmarks/pareto_walltime.py times it.
 SHAPES_FAST: dict = {
-    "train.iterations": 12,
+    "train.iterations": 8,
     "sample.groups_per_iter": 2,
-    "eval.every": 6,
+    "eval.every": 4,
     "eval.num_prompts": 8,
     "eval.seeds": 4,
     "eval.grid_prompts": 8,
