@@ -4,7 +4,8 @@ The run directory names of every committed grid point (and of the invariance con
 tests/golden/run_dir_names.json, made first with the code before drift/rundir.py existed (d11a0a1) and
 regenerated once on purpose, when the SD3-fidelity work changed science defaults (train.cfg_grad,
 train.ema_unit / ema_every, the attn.-prefixed model.lora_targets, sample.shift=0 = the model's own,
-sample.micro_batch): a sweep skips finished points by these names, so they must never change by accident. The default model paths
+sample.micro_batch), and again when DRIFT's O1 default drift.lam went 0.05 -> 1.0 and the fast grid was
+trimmed to 8 iterations x 7 settings x 2 seeds (9697a9d, 4cf3cc8, 33cfc83): a sweep skips finished points by these names, so they must never change by accident. The default model paths
 in a config are absolute, so the recorded hashes are taken with the checkout's path replaced by
 '<repo>' (the same names in any clone, CI's included). Regenerate only after an
 intended change of the config (and say so in the commit):

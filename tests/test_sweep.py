@@ -72,10 +72,10 @@ def test_dry_run_prints_points_and_count_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     points = [ln for ln in lines if ln.startswith("#")]
-    assert len(points) == 30
+    assert len(points) == 14
     assert points[0].startswith("#0: method=flow_grpo seed=0")
-    assert "#1: method=flow_grpo_kl flow_grpo_kl.beta=0.04 seed=0" in points
-    assert any(ln.startswith("30 jobs (30 to run") for ln in lines)
+    assert "#1: method=flow_grpo_kl flow_grpo_kl.beta=0.2 seed=0" in points
+    assert any(ln.startswith("14 jobs (14 to run") for ln in lines)
     assert "estimate:" in r.stdout
     assert not out.exists()  # nothing written, nothing submitted
 
