@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="evaluation steps pooled into the fronts: all (after step 0) or only each run's final "
                         "(default: %(default)s)")
     g.add_argument("--include-base", action="store_true", help="also pool the step-0 (base model) points into every front")
+    g.add_argument("--subset-prompts", default=judge.SUBSET_DEFAULT, metavar="REGEX",
+                   help="the prompts of the sensitivity section: every result also without the evaluation prompts "
+                        "matching this case-insensitive regular expression (default: %(default)s, the shapes world's "
+                        "square prompts, which its base model cannot draw; '' for no such section)")
     g.add_argument("--hv-ref", default="worst",
                    help="hypervolume reference point: 'worst' (lowest alignment and lowest diversity of any loaded "
                         "point, step 0 included) or 'A,D' (default: %(default)s)")
@@ -113,6 +117,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "duplicated, never started) or dropped non-finite point is an error (exit 2) instead of a "
                    "warning and a flagged gain")
     a = ap.parse_args(argv)
+    if a.subset_prompts:
+        try:
+            re.compile(a.subset_prompts)
+        except re.error as e:
+            ap.error(f"--subset-prompts={a.subset_prompts!r}: not a regular expression ({e})")
     if a.levels < 1:
         ap.error(f"--levels={a.levels}: must be >= 1")
     if a.bootstrap < 0:
@@ -373,7 +382,9 @@ def run(a: argparse.Namespace) -> dict:
     if abl_labels:
         finals = finals[~finals["run"].isin(ablated)]
     js = judge.JudgeSettings(a.interp, a.levels, a.bootstrap, a.seed, a.ci, a.alignment_key, a.diversity_key)
-    jres = judge.judge(main, finals, ds.runs, pairs, js, progress=not a.no_progress)
+    initial = ds.points[(ds.points["step"] == 0) & ds.points["run"].isin(set(main["run"]))]
+    jres = judge.judge(main, finals, ds.runs, pairs, js, progress=not a.no_progress,
+                       subset_pattern=a.subset_prompts or None, initial=initial)
 
     abl = None
     if abl_labels:

@@ -20,6 +20,7 @@ Controls (reported before any gain):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,11 @@ POSITIVE_CONTROL = ("oracle_spread", "flow_grpo_kl")
 POWER_CHECK = ("flow_grpo_kl", "flow_grpo")
 AA_PREFERENCE = ("flow_grpo_kl", "flow_grpo")
 MATCHED = (("diversity_gain_at_equal_alignment", "alignment"), ("alignment_gain_at_equal_diversity", "diversity"))
+SUBSET_DEFAULT = r"\bsquares?\b"
+"""The default prompt subset of the sensitivity report (``prompt_subset``): the shapes world's square prompts. The
+committed base model draws no square that the judge's fill-ratio rule accepts (docs/shapes_world.md), so these
+prompts cannot reach full judge credit; the report shows every result with and without them. On a world whose
+prompts never match, the section says so and nothing else changes."""
 
 
 @dataclass
@@ -203,6 +209,73 @@ def bootstrap_seeds(values: list, n_boot: int, rng: np.random.Generator) -> list
 
 
 # ------------------------------------------------------------------------------------------------
+# Sensitivity to a prompt subset (the shapes world's square prompts by default)
+# ------------------------------------------------------------------------------------------------
+def subset_mask(prompts: list[str], pattern: str) -> np.ndarray:
+    """True for every prompt in which the regular expression ``pattern`` is found (case-insensitive)."""
+    rx = re.compile(pattern, re.IGNORECASE)
+    return np.array([bool(rx.search(p)) for p in prompts], dtype=bool)
+
+
+def subset_means(mat: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean over the prompts in the subset, mean over the rest) of every row of a (rows, prompts) matrix:
+    a_in = sum_{j in S} A_rj / |S|, a_out = sum_{j not in S} A_rj / (P - |S|) (non-finite values left out)."""
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(mat[:, mask], axis=1), np.nanmean(mat[:, ~mask], axis=1)
+
+
+def per_seed_means(frame: pd.DataFrame, values: np.ndarray, by: str = "arm") -> dict[str, dict[int, float]]:
+    """{arm: {seed: mean of ``values`` over that arm's rows of that seed}} (several configurations of an arm at
+    one seed are averaged: one number per seed, so the t-interval is over seeds)."""
+    f = frame.assign(_v=values)
+    return {str(lab): {int(k): float(v) for k, v in g.groupby("seed")["_v"].mean().items()}
+            for lab, g in f.groupby(by)}
+
+
+def prompt_subset(points: pd.DataFrame, finals: pd.DataFrame, initial: pd.DataFrame | None,
+                  pairs: list[tuple[str, str]], s: JudgeSettings, pattern: str, label_col: str = "label") -> dict:
+    """How much of the result rests on the prompts matching ``pattern``.
+
+    Per arm: the final alignment on the subset and on the rest (per-seed means, t-interval over seeds) beside the
+    base model's (step 0). Per pair: the per-seed paired gains on the primary measure recomputed with every
+    point's alignment and diversity averaged over the prompts *outside* the subset (``subset_means``), beside the
+    gains on all prompts. Needs every point's per-prompt file; otherwise {'status': 'unavailable', 'why'}.
+    """
+    out: dict = {"pattern": pattern}
+    mats, prompts, why = prompt_matrices(points, [s.akey, s.dkey]) if len(points) else (None, [], "no points")
+    fmats, fprompts, fwhy = prompt_matrices(finals, [s.akey]) if len(finals) else (None, [], "no final evaluations")
+    if mats is None or fmats is None:
+        return {**out, "status": "unavailable", "why": why or fwhy}
+    if fprompts != prompts:
+        return {**out, "status": "unavailable", "why": "the final evaluations and the front points used other prompts"}
+    mask = subset_mask(prompts, pattern)
+    out.update(n_prompts=len(prompts), n_subset=int(mask.sum()), subset=[p for p, m in zip(prompts, mask) if m])
+    if not mask.any() or mask.all():
+        return {**out, "status": "no match" if not mask.any() else "all match"}
+    out["status"] = "done"
+
+    # final alignment per arm, on the subset and on the rest, with the base model's beside it
+    a_in, a_out = subset_means(fmats[s.akey], mask)
+    arms: dict = {}
+    for part, vals in (("subset", a_in), ("rest", a_out)):
+        for arm, per in per_seed_means(finals, vals).items():
+            arms.setdefault(arm, {})[part] = {"per_seed": per, "t": P.t_interval(list(per.values()), s.ci)}
+    if initial is not None and len(initial):
+        imats, iprompts, _ = prompt_matrices(initial, [s.akey])
+        if imats is not None and iprompts == prompts:
+            b_in, b_out = subset_means(imats[s.akey], mask)
+            out["base"] = {"subset": float(np.nanmean(b_in)), "rest": float(np.nanmean(b_out))}
+    out["arms"] = arms
+
+    # the per-seed paired gains with the subset's prompts left out of every point
+    _, al = subset_means(mats[s.akey], mask)
+    _, dv = subset_means(mats[s.dkey], mask)
+    sp = SeedPoints(points.assign(alignment=al), label_col, dv)
+    out["pairs"] = [{"method": m, "baseline": b, "without_subset": paired_gains(sp, m, b, s)} for m, b in pairs]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # Controls
 # ------------------------------------------------------------------------------------------------
 def aa_control(sp: SeedPoints, arm: str, s: JudgeSettings) -> dict:
@@ -250,18 +323,21 @@ def power_check(finals: pd.DataFrame, dvals: np.ndarray, kl_runs: list[str], fg:
 # Everything
 # ------------------------------------------------------------------------------------------------
 def judge(points: pd.DataFrame, finals: pd.DataFrame, runs: pd.DataFrame, pairs: list[tuple[str, str]],
-          s: JudgeSettings, label_col: str = "label", progress: bool = True) -> dict:
+          s: JudgeSettings, label_col: str = "label", progress: bool = True, subset_pattern: str | None = None,
+          initial: pd.DataFrame | None = None) -> dict:
     """Controls, per-seed paired gains on every diversity measure, and the bootstrap CIs of the primary measure.
 
     ``points``: the front-eligible points (columns label, run, seed, step, alignment, diversity, run_dir and the
     other eval metrics); ``finals``: every kept run's final evaluation row (column arm); ``runs``: the kept runs
-    (arm, run, config, flat). JSON-ready.
+    (arm, run, config, flat); ``subset_pattern``: a regular expression naming the prompts of the sensitivity
+    report (``prompt_subset``; None or '' for none); ``initial``: the step-0 rows (the base model's). JSON-ready.
     """
     measures = measures_present(points, s.dkey)
     rng = np.random.default_rng(s.seed)
     sps = {k: SeedPoints(points, label_col, measure_column(points, k, s.dkey)) for k in measures}
     primary = sps[s.dkey]
-    res: dict = {"primary_measure": s.dkey, "measures": measures, "ci": s.ci, "n_boot": s.n_boot, "pairs": []}
+    res: dict = {"primary_measure": s.dkey, "alignment_key": s.akey, "measures": measures, "ci": s.ci,
+                 "n_boot": s.n_boot, "pairs": []}
 
     # gains on every measure
     for m, b in pairs:
@@ -289,6 +365,8 @@ def judge(points: pd.DataFrame, finals: pd.DataFrame, runs: pd.DataFrame, pairs:
             pg[name]["bootstrap_ci"] = list(ci) if ci else None
 
     res["controls"] = controls(primary, points, finals, runs, s, label_col)
+    if subset_pattern:
+        res["subset"] = prompt_subset(points, finals, initial, pairs, s, subset_pattern, label_col)
     return res
 
 

@@ -628,10 +628,53 @@ def paired_tables(j: dict) -> list[Table]:
     return tables
 
 
+def subset_md(j: dict) -> str:
+    """The prompt-subset sensitivity section (``judge.prompt_subset``): what the subset is, the final alignment on
+    it and on the rest per arm, and the primary measure's per-seed paired gains with and without it."""
+    sub = j.get("subset")
+    if not sub:
+        return ""
+    head = f"### Sensitivity: without the prompts matching `{sub['pattern']}`"
+    if sub["status"] == "unavailable":
+        return f"{head}\n\nNot computed: {sub['why']}.\n"
+    if sub["status"] != "done":
+        what = "none" if sub["status"] == "no match" else "all"
+        return f"{head}\n\n{what.capitalize()} of the {sub['n_prompts']} evaluation prompts match: no subset to leave out.\n"
+    out = [head, "", f"{sub['n_subset']} of the {sub['n_prompts']} evaluation prompts match "
+           f"({'; '.join(sub['subset'][:6])}{'; …' if sub['n_subset'] > 6 else ''}). Every point below is the mean over "
+           "the prompts outside the subset only; the all-prompt figures are the ones above.", ""]
+    base = sub.get("base")
+    rows = []
+    for arm in sorted(sub["arms"]):
+        v = sub["arms"][arm]
+        rows.append([name(arm), str(len(v.get("rest", {}).get("per_seed", {}))),
+                     fmt_num(base["subset"]) if base else DASH, t_cell(v.get("subset", {}).get("t"), pct=False),
+                     fmt_num(base["rest"]) if base else DASH, t_cell(v.get("rest", {}).get("t"), pct=False)])
+    out.append(Table(f"Final alignment (`{j.get('alignment_key', 'eval/alignment')}`) on the subset and on the rest",
+                     ["Arm", "Seeds", "Base, subset", "Final, subset: mean [t-CI] (n)", "Base, rest",
+                      "Final, rest: mean [t-CI] (n)"], rows).md())
+    key = j["primary_measure"]
+    full = {(e["method"], e["baseline"]): e["measures"][key] for e in j["pairs"]}
+    rows = []
+    for e in sub["pairs"]:
+        w, a = e["without_subset"], full.get((e["method"], e["baseline"]), {})
+        row = [name(e["method"]), name(e["baseline"])]
+        for g in ("diversity_gain_at_equal_alignment", "alignment_gain_at_equal_diversity"):
+            row += [t_cell(a.get(g, {}).get("t")), t_cell(w[g]["t"])]
+        rows.append(row)
+    out.append(Table(f"Per-seed paired gains with and without the subset, diversity = `{key}`",
+                     ["Method", "Baseline", "Div. gain, all prompts", "Div. gain, without subset",
+                      "Align. gain, all prompts", "Align. gain, without subset"], rows).md())
+    return "\n".join(out)
+
+
 def judge_md(j: dict) -> str:
-    """Controls first, then the per-seed paired gains on every measure."""
+    """Controls first, then the per-seed paired gains on every measure, then the prompt-subset sensitivity."""
     out = [controls_md(j), "Per-seed paired gain: for each seed both arms ran, each arm's front from that seed's runs "
            "(every knob value and evaluation step), both cut to the same number of points (evenly spaced alignment "
            "ranks); the mean gain over the fronts' overlap; mean and t-interval over seeds (docs/analysis.md §11).", ""]
     out += [t.md() for t in paired_tables(j)]
+    sub = subset_md(j)
+    if sub:
+        out.append(sub)
     return "\n".join(out)

@@ -283,3 +283,80 @@ def test_calibration_table(tmp_path, capsys):
     assert json.load(open(out / "calibration.json"))["paired"]["eval/alignment"]["seeds"] == [20, 21, 22]
     assert C.main(["--runs-dir", root, "--grid", "calibrate", "--arms", "flow_grpo", "drift", "--out", str(out)]) == 2
     assert "arm(s) ['drift'] not in" in capsys.readouterr().err
+
+
+# ================================================================================================
+# Sensitivity to a prompt subset (the square prompts of the shapes world)
+# ================================================================================================
+SQUARE_PROMPTS = ["a red square", "a blue circle", "two green triangles", "a small Square on the left",
+                  "a yellow circle", "a big triangle"]
+IN_SUBSET = np.array([True, False, False, True, False, False])
+SUBSET_VALUE = 0.123  # every metric's value on the subset's prompts, for every arm, seed and step
+
+
+def rewrite_per_prompt(rd):
+    """Per-prompt files whose subset prompts all hold SUBSET_VALUE and whose other prompts average to the run's
+    scalar metric: leaving the subset out must give back exactly the scalar points."""
+    rest_offsets = np.array([0.02, -0.01, -0.01, 0.0])  # over the 4 prompts outside the subset: mean 0
+    for line in open(os.path.join(rd, "metrics.jsonl")):
+        row = json.loads(line)
+        step = row.pop("step")
+        metrics = {}
+        for k, v in row.items():
+            vals = np.empty(len(SQUARE_PROMPTS))
+            vals[IN_SUBSET] = SUBSET_VALUE
+            vals[~IN_SUBSET] = v + rest_offsets
+            metrics[k] = vals.tolist()
+        json.dump({"step": step, "prompts": SQUARE_PROMPTS, "metrics": metrics},
+                  open(os.path.join(rd, "evals", f"per_prompt_{step:06d}.json"), "w"))
+
+
+def test_prompt_subset_sensitivity_leaves_the_subset_out_exactly(tmp_path):
+    root = str(tmp_path)
+    world = make_judging_world(root, kl_betas=(0.5,))
+    for dirpath, _, files in os.walk(world):
+        if "metrics.jsonl" in files:
+            rewrite_per_prompt(dirpath)
+    r = analyse(root, "judge", "--subset-prompts", r"\bsquares?\b")
+    j = r["doc"]["judge"]
+    sub = j["subset"]
+    assert sub["status"] == "done" and (sub["n_subset"], sub["n_prompts"]) == (2, 6)
+    assert sub["subset"] == ["a red square", "a small Square on the left"]  # case-insensitive
+    # without the subset every point is its scalar again: the per-seed gains equal the all-prompt ones
+    key = j["primary_measure"]
+    for e, w in zip(j["pairs"], sub["pairs"]):
+        assert (e["method"], e["baseline"]) == (w["method"], w["baseline"])
+        for g in ("diversity_gain_at_equal_alignment", "alignment_gain_at_equal_diversity"):
+            assert w["without_subset"][g]["per_seed"] == pytest.approx(e["measures"][key][g]["per_seed"], abs=1e-12)
+    # final alignment: SUBSET_VALUE on the subset for every arm; on the rest the mean of the final scalars
+    finals = r["doc"]["methods"]["labels"]
+    assert set(sub["arms"]) == set(finals)
+    fg = sub["arms"]["flow_grpo"]
+    assert fg["subset"]["t"]["mean"] == pytest.approx(SUBSET_VALUE) and fg["subset"]["t"]["n"] == len(SEEDS)
+    want = np.mean([json.load(open(os.path.join(d, "final_eval.json")))["final"]["eval/alignment"]
+                    for d, _, f in os.walk(os.path.join(world, "flow_grpo")) if "final_eval.json" in f])
+    assert fg["rest"]["t"]["mean"] == pytest.approx(want, abs=1e-9)
+    assert sub["base"] == pytest.approx({"subset": SUBSET_VALUE, "rest": 0.4})
+    md = open(os.path.join(r["out"], "gains.md")).read()
+    assert "### Sensitivity: without the prompts matching `\\bsquares?\\b`" in md
+    assert "2 of the 6 evaluation prompts match (a red square; a small Square on the left)" in md
+    assert md.index("### Per-seed paired gains") < md.index("### Sensitivity") < md.index("### Methods")
+    # '' turns the section off; a pattern matching nothing says so
+    assert "subset" not in analyse(root, "judge", "--subset-prompts", "", "--out", str(tmp_path / "a"))["doc"]["judge"]
+    r = analyse(root, "judge", "--subset-prompts", "hexagon", "--out", str(tmp_path / "b"))
+    assert r["doc"]["judge"]["subset"]["status"] == "no match"
+    assert "None of the 6 evaluation prompts match" in r["gains_md"]
+
+
+def test_prompt_subset_bad_pattern_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--subset-prompts", "(square"])
+    assert "--subset-prompts='(square': not a regular expression" in capsys.readouterr().err
+
+
+def test_prompt_subset_pure_means():
+    m = np.array([[1.0, 2.0, 3.0, np.nan], [0.0, 0.0, 4.0, 8.0]])
+    a_in, a_out = J.subset_means(m, np.array([True, False, False, True]))
+    np.testing.assert_allclose(a_in, [1.0, 4.0])  # the NaN left out
+    np.testing.assert_allclose(a_out, [2.5, 2.0])
+    assert J.subset_mask(["A Square", "squares", "squared", "circle"], J.SUBSET_DEFAULT).tolist() == [True, True, False, False]
