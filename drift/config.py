@@ -348,7 +348,7 @@ class SD3Config:
 WORLD_SECTIONS = {"sd3": "sd3"}
 """Sections that belong to one world (section -> world): in config.json and the hash only for that world."""
 
-LATE_FIELDS = {"sd3.paraphrases": ""}
+LATE_FIELDS = {"sd3.paraphrases": "", "options.outlier_protect": "none"}
 """Fields added after run directories were recorded ('section.field' -> default): in config.json and the hash only
 when set to another value, so that the runs recorded before them keep their directories (tests/golden)."""
 
@@ -426,7 +426,7 @@ class RunConfig:
                 d.pop(sec)
         for key, default in LATE_FIELDS.items():  # absent at their default: those hashes predate the field
             sec, name = key.split(".")
-            if sec in d and d[sec][name] == default:
+            if sec in d and name in d[sec] and d[sec][name] == default:  # 'options' differs by method
                 d[sec].pop(name)
         return d
 

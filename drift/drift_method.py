@@ -45,6 +45,8 @@ from .worlds import lacks
 
 SUBSETS = ("none", "outlier", "robust", *subset.RULES)
 """drift.subset values: off, S1, S2, and the v1 window rules."""
+OUTLIER_PROTECT = ("none", "success")
+"""drift.outlier_protect values: drop every outlier, or never a success."""
 SHAPINGS = ("none", "drive", "decoupled", "gardo", "terminal", "per_step")
 """drift.shaping values: off, O1, O2, O3, and the v1 potential shaping."""
 
@@ -63,6 +65,10 @@ class Options:
     """Window rules: z-score band width used to count outliers (and by the 'zband' rule's report)."""
     kappa: float = 2.0
     """'outlier': a candidate is dropped where |r - mean| > kappa * std of its group's finite rewards."""
+    outlier_protect: str = "none"
+    """'outlier' (and 'gardo''s mask): 'none' drops every candidate beyond kappa sigma; 'success' never drops a
+    sample of the success set (success_head, else the top success_quantile of the group), so a rare success,
+    itself the group's reward outlier, keeps its advantage (our variant; docs/methods.md)."""
     robust_clip: float = 2.0
     """'robust': advantages are clipped to +-robust_clip."""
     # -- 2. prompting ---------------------------------------------------------------------------
@@ -127,6 +133,10 @@ class Options:
                   f"must be >= 2 with drift.subset={self.subset!r}: a subset of G from G candidates drops nothing")
         check(self.band > 0, "drift.band", self.band, "must be > 0")
         check(self.kappa > 0, "drift.kappa", self.kappa, "must be > 0")
+        check(self.outlier_protect in OUTLIER_PROTECT, "drift.outlier_protect", self.outlier_protect,
+              f"must be one of {OUTLIER_PROTECT}")
+        check(self.outlier_protect == "none" or self.subset == "outlier", "drift.outlier_protect",
+              self.outlier_protect, f"applies to drift.subset='outlier' only (drift.subset is {self.subset!r})")
         check(self.robust_clip > 0, "drift.robust_clip", self.robust_clip, "must be > 0")
         check(self.prompt in prompting.KINDS, "drift.prompt", self.prompt, f"must be one of {prompting.KINDS}")
         check(self.prompt_scale >= 0, "drift.prompt_scale", self.prompt_scale, "must be >= 0")
@@ -209,16 +219,25 @@ def make_select(o: Options):
     return select
 
 
+def outlier_keep(o: Options, task_rewards: torch.Tensor, heads: dict) -> torch.Tensor:
+    """S1's kept set: the kappa-sigma mask, with the success set protected where drift.outlier_protect='success'."""
+    keep = outliers.outlier_mask(task_rewards, o.kappa)
+    if o.outlier_protect == "success":
+        keep = outliers.protect(keep, success_set(o, task_rewards, heads), task_rewards)
+    return keep
+
+
 def task_advantages(o: Options, inp: AdvInput) -> tuple[torch.Tensor, dict[str, float]]:
     """The (shaped) rewards' advantages under the sampling rule, with its mechanism metrics."""
     adv, stats = group_advantages(inp.rewards, inp.std_eps, inp.global_std, clip=inp.clip)  # v1 / off
     judge = inp.heads.get("judge")
     if o.subset == "outlier":  # K = G: the kept rewards are every candidate's
-        keep = outliers.outlier_mask(inp.task_rewards, o.kappa)
+        keep = outlier_keep(o, inp.task_rewards, inp.heads)
         # = outliers.masked_advantages (statistics of all finite candidates), and with train.global_std the batch std
         adv = torch.where(keep.view(*keep.shape, *([1] * (adv.ndim - 2))), adv, torch.zeros_like(adv))
         stats["drift/std_kept_over_all"] = outliers.kept_std_ratio(inp.task_rewards, keep)
         stats["drift/dropped_frac"] = float((~keep).float().mean())
+        stats["drift/success_dropped_frac"] = outliers.dropped_share(keep, success_set(o, inp.task_rewards, inp.heads))
         if judge is not None:
             stats["drift/judge_levels_kept"] = outliers.judge_levels(judge, keep)
             stats["drift/judge_levels_all"] = outliers.judge_levels(judge, torch.ones_like(keep))
@@ -305,7 +324,7 @@ def make_advantages(o: Options):
             S = success_set(o, inp.task_rewards, inp.heads)
             adv = bonus.decoupled_advantages(adv, d, S, lam, inp.std_eps)
         elif o.shaping == "gardo":
-            keep = outliers.outlier_mask(inp.task_rewards, o.kappa) if o.subset == "outlier" else torch.isfinite(inp.rewards)
+            keep = outlier_keep(o, inp.task_rewards, inp.heads) if o.subset == "outlier" else torch.isfinite(inp.rewards)
             adv = bonus.gardo_advantages(inp.rewards, d, o.gardo_divide_std, inp.std_eps).clamp(-inp.clip, inp.clip)
             adv = torch.where(keep, adv, torch.zeros_like(adv))
         gate = gate_of(o, inp.task_rewards, inp.heads) & torch.isfinite(inp.task_rewards)

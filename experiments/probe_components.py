@@ -7,7 +7,8 @@ No training. Samples groups of the base model with the training sampler (SDE, th
 and steps), once with clean conditioning and once with DRIFT's CADS conditioning (method drift's own hooks,
 same initial noise), then measures each component's own metric with method drift's functions:
 
-* sampling: std(kept) / std(all) per group and the judge levels kept, for the outlier mask at kappa 1.5 / 2 /
+* sampling: std(kept) / std(all) per group, the judge levels kept and the share of successes dropped, for the
+  outlier mask (without and with drift.outlier_protect=success) at kappa 1.5 / 2 /
   2.5 and, for comparison, the first DRIFT's densest half-window (renormalised on the kept half);
 * optimisation: the bonus paid to judge-incorrect samples and corr(A, d | gate) within groups, for DRIVE's
   success-gated bonus (O1), decoupled normalisation (O2), GARDO's weight (O3) and the first DRIFT's gated
@@ -95,12 +96,16 @@ def main(argv=None) -> int:
           f"{T} steps); task-reward std per group: {fmt(r.std(1, unbiased=False).tolist())}")
     print("\n== sampling: std(kept) / std(all), judge levels kept / all (mean over groups)")
     all_levels = outliers.judge_levels(heads["judge"], torch.ones_like(r, dtype=torch.bool))
-    for kappa in (1.5, 2.0, 2.5):
-        keep = outliers.outlier_mask(r, kappa)
-        ratio, lv = outliers.kept_std_ratio(r, keep), outliers.judge_levels(heads["judge"], keep)
-        out[f"S1_kappa{kappa}"] = {"std_kept_over_all": ratio, "judge_levels_kept": lv, "judge_levels_all": all_levels,
-                                   "dropped_frac": float((~keep).float().mean())}
-        print(f"S1 outlier kappa={kappa}: {ratio:.3f}; levels {lv:.2f} / {all_levels:.2f}; dropped {(~keep).float().mean():.3f}")
+    for protect in ("none", "success"):
+        for kappa in (1.5, 2.0, 2.5):
+            keep = dm.outlier_keep(dm.Options(**{**vars(o), "kappa": kappa, "outlier_protect": protect}), r, heads)
+            ratio, lv = outliers.kept_std_ratio(r, keep), outliers.judge_levels(heads["judge"], keep)
+            succ = dm.success_set(o, r, heads)
+            row = {"std_kept_over_all": ratio, "judge_levels_kept": lv, "judge_levels_all": all_levels,
+                   "dropped_frac": float((~keep).float().mean()), "success_dropped_frac": outliers.dropped_share(keep, succ)}
+            out[f"S1_kappa{kappa}" + ("" if protect == "none" else f"_protect_{protect}")] = row
+            print(f"S1 outlier kappa={kappa} protect={protect}: {ratio:.3f}; levels {lv:.2f} / {all_levels:.2f}; "
+                  f"dropped {row['dropped_frac']:.3f}; successes dropped {row['success_dropped_frac']:.3f}")
     window = torch.zeros_like(r, dtype=torch.bool).scatter_(1, select_densest(r, a.samples // 2), True)
     ratio, lv = outliers.kept_std_ratio(r, window), outliers.judge_levels(heads["judge"], window)
     out["v1_densest_half"] = {"std_kept_over_all": ratio, "judge_levels_kept": lv, "judge_levels_all": all_levels}

@@ -169,6 +169,27 @@ def test_outlier_rule_keeps_the_scale_and_logs_it():
     assert st["drift/judge_levels_all"] == pytest.approx(2.0)
 
 
+def test_outlier_protect_success_through_the_method():
+    r = torch.tensor([[0.0, 0.1, 0.0, 0.1, 0.0, 0.1, 0.0, 3.0]])
+    ok = torch.tensor([[0.0] * 7 + [1.0]])  # the one success is the reward outlier
+    heads = {"judge_all": ok, "judge": ok}
+    a0, st0 = dm.task_advantages(dm.Options(), adv_input(r, heads))
+    a1, st1 = dm.task_advantages(dm.Options(outlier_protect="success"), adv_input(r, heads))
+    assert a0[0, 7] == 0 and st0["drift/success_dropped_frac"] == 1.0
+    assert a1[0, 7] > 2 and st1["drift/success_dropped_frac"] == 0.0
+    assert torch.equal(a0[0, :7], a1[0, :7])  # the others keep their full-group advantages
+    assert st1["drift/std_kept_over_all"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="drift.outlier_protect"):
+        dm.Options(outlier_protect="always")
+    with pytest.raises(ValueError, match="applies to drift.subset='outlier' only"):
+        dm.Options(outlier_protect="success", subset="robust")
+    # a new field at its default stays out of config.json and the run hash (recorded runs keep their directories)
+    cfg = make_config(["method=drift"])
+    assert "outlier_protect" not in cfg.to_dict()["options"]
+    assert make_config(["method=drift", "drift.outlier_protect=success"]).to_dict()["options"]["outlier_protect"] == "success"
+    assert "outlier_protect" not in make_config(["method=flow_grpo"]).to_dict()["options"]
+
+
 # ---- O1-O3: the diversity term acts among the successes --------------------------------------
 def shape_input(r, heads, feats):
     return ShapeInput(r, feats, None, 4, 0, 10, heads)

@@ -25,6 +25,24 @@ def test_outlier_mask_nonfinite_dropped_and_equal_group_kept():
         outliers.outlier_mask(r, kappa=0)
 
 
+def test_protect_keeps_the_rare_success_that_the_mask_drops():
+    # one success in eight: its reward is the group's outlier, and the plain mask drops exactly it
+    r = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0], [1.0, 2.0, 3.0, 4.0, float("nan"), 5.0, 6.0, 50.0]])
+    success = torch.tensor([[False] * 7 + [True], [False, False, False, False, True, False, False, False]])
+    keep = outliers.outlier_mask(r, kappa=2.0)
+    assert not keep[0, 7] and not keep[1, 7]
+    assert outliers.dropped_share(keep, success) == 1.0  # both: the outlier success and the non-finite one
+    kept = outliers.protect(keep, success, r)
+    assert kept[0].all()  # the success is back, nothing else changed
+    assert not kept[1, 4] and not kept[1, 7]  # a non-finite success stays dropped; an unprotected outlier too
+    assert torch.equal(kept & ~success, keep & ~success)
+    assert outliers.dropped_share(kept, success & torch.isfinite(r)) == 0.0
+    assert outliers.dropped_share(keep, torch.zeros_like(success)) == 0.0
+    # its advantage is the full-group z-score: (10 - 1.25) / 3.307 = 2.646
+    adv = outliers.masked_advantages(r[:1], kept[:1], eps=0.0)
+    assert adv[0, 7].item() == pytest.approx(8.75 / math.sqrt(0.875 * 0.125 * 100), rel=1e-6)
+
+
 def test_masked_advantages_use_all_candidates_statistics():
     r = torch.tensor([[1.0, 2.0, 3.0, 4.0, 100.0]])
     keep = torch.tensor([[True, True, True, True, False]])

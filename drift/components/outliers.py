@@ -10,7 +10,13 @@ the statistics of the full group instead:
     keep_i     = finite(r_i) and |r_i - mu| <= kappa * sigma                      (S1: outlier mask)
     A_i        = clip((r_i - mu) / (sigma + eps), -c, c) if keep_i else 0          (full-group advantages)
 
-and a robust alternative that keeps every sample and bounds the influence of outliers:
+a variant that never drops a protected sample (ours, after the measured failure below):
+
+    keep_i     = finite(r_i) and (|r_i - mu| <= kappa * sigma  or  i in S)              (S1 + protection)
+
+with S the success set (the world's binary success head, else the group's top quantile): in a group where
+success is rare, the one success is itself the reward outlier, and the plain mask drops exactly the sample
+the task signal lives in; and a robust alternative that keeps every sample and bounds the influence of outliers:
 
     A_i = clip((r_i - med) / (1.4826 * MAD + eps), -c, c)                          (S2: median / MAD)
 
@@ -45,6 +51,21 @@ def outlier_mask(rewards: torch.Tensor, kappa: float = 2.0) -> torch.Tensor:
     mean, std = finite_group_stats(rewards)
     r = rewards.double()
     return torch.isfinite(r) & ((r - mean).abs() <= kappa * std + 1e-12)
+
+
+def protect(keep: torch.Tensor, protected: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """keep_i or (protected_i and finite(r_i)): a protected sample with a finite reward is never dropped.
+
+    (P, K) bool, (P, K) bool, (P, K) -> bool (P, K)."""
+    return keep | (protected.bool() & torch.isfinite(rewards))
+
+
+def dropped_share(keep: torch.Tensor, members: torch.Tensor) -> float:
+    """Mechanism check: the share of ``members`` (e.g. the successes) that the mask drops; 0 where there are none.
+
+    (P, K) bool, (P, K) bool -> float in [0, 1]."""
+    m = members.bool()
+    return float((m & ~keep).sum() / m.sum()) if m.any() else 0.0
 
 
 def masked_advantages(rewards: torch.Tensor, keep: torch.Tensor, eps: float = 1e-4,
