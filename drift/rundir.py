@@ -47,6 +47,15 @@ SWEEP_INDEX = "sweep.json"
 """The experiment folder's index of a sweep's points (<out>/<experiment>/sweep.json), read by analysis/."""
 
 
+def write_json_atomic(path: str, obj) -> None:
+    """Write ``obj`` as JSON (indent 1; objects JSON cannot hold as their str) to a temporary file beside ``path``,
+    then rename it over ``path``: a reader sees the old file or the new one, never a torn one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
 def science_hash(config: dict) -> str:
     """The run's config hash, the run directory's fourth level: the first 10 hex digits of
     sha256(json.dumps(config without NON_SCIENCE_KEYS and model_fingerprint, sort_keys=True, default=str)).
@@ -179,9 +188,7 @@ class RunDir:
         enc = {k: [x if x == x and abs(x) != float("inf") else str(x) for x in map(float, v)] for k, v in metrics.items()}
         path = self.eval_per_prompt(step)
         os.makedirs(self.evals, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"step": step, "prompts": list(prompts), "metrics": enc}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, {"step": step, "prompts": list(prompts), "metrics": enc})
         return path
 
     def read_eval_per_prompt(self, step: int) -> dict:

@@ -54,6 +54,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from drift.rundir import FINGERPRINT, SWEEP_INDEX, RunDir, science_hash  # noqa: E402
+from drift.rundir import write_json_atomic as _write_json  # noqa: E402
 
 RESULTS, SAMPLES_TAR, MANIFEST, TUNED = "results.tar.gz", "samples.tar", "MANIFEST.json", "tuned_defaults.json"
 PREFIX = "runs"
@@ -378,13 +379,6 @@ def rebase(runs: str) -> dict:
                 pt["run_dir"] = renames[old]
         _write_json(path, doc)
     return res
-
-
-def _write_json(path: str, doc) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 # ================================================================================================

@@ -42,6 +42,7 @@ from drift.config import ConfigError, parse_overrides  # noqa: E402
 from drift.launch import RunJob, RunLock  # noqa: E402
 from drift.provenance import code_state  # noqa: E402
 from drift.rundir import NON_SCIENCE_KEYS, SWEEP_INDEX, RunDir, is_done  # noqa: E402
+from drift.rundir import write_json_atomic as _write_json  # noqa: E402
 from drift.tracking import (CREDENTIAL_VARS, TrackingAccessError, check_tracking_access,  # noqa: E402
                             check_tracking_uri, credentials_file, mlflow_credentials)
 from experiments.grids import GridError, Point, expand, load, names  # noqa: E402
@@ -257,13 +258,6 @@ def _read_json(path: str) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 def progress_step(run_dir: str) -> int:
