@@ -219,12 +219,11 @@ def make_select(o: Options):
     return select
 
 
-def outlier_keep(o: Options, task_rewards: torch.Tensor, heads: dict) -> torch.Tensor:
-    """S1's kept set: the kappa-sigma mask, with the success set protected where drift.outlier_protect='success'."""
+def outlier_keep(o: Options, task_rewards: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+    """S1's kept set: the kappa-sigma mask, with the success set ``success`` (``success_set``) protected where
+    drift.outlier_protect='success'."""
     keep = outliers.outlier_mask(task_rewards, o.kappa)
-    if o.outlier_protect == "success":
-        keep = outliers.protect(keep, success_set(o, task_rewards, heads), task_rewards)
-    return keep
+    return outliers.protect(keep, success, task_rewards) if o.outlier_protect == "success" else keep
 
 
 def task_advantages(o: Options, inp: AdvInput) -> tuple[torch.Tensor, dict[str, float]]:
@@ -232,12 +231,13 @@ def task_advantages(o: Options, inp: AdvInput) -> tuple[torch.Tensor, dict[str, 
     adv, stats = group_advantages(inp.rewards, inp.std_eps, inp.global_std, clip=inp.clip)  # v1 / off
     judge = inp.heads.get("judge")
     if o.subset == "outlier":  # K = G: the kept rewards are every candidate's
-        keep = outlier_keep(o, inp.task_rewards, inp.heads)
+        success = success_set(o, inp.task_rewards, inp.heads)
+        keep = outlier_keep(o, inp.task_rewards, success)
         # = outliers.masked_advantages (statistics of all finite candidates), and with train.global_std the batch std
         adv = torch.where(keep.view(*keep.shape, *([1] * (adv.ndim - 2))), adv, torch.zeros_like(adv))
         stats["drift/std_kept_over_all"] = outliers.kept_std_ratio(inp.task_rewards, keep)
         stats["drift/dropped_frac"] = float((~keep).float().mean())
-        stats["drift/success_dropped_frac"] = outliers.dropped_share(keep, success_set(o, inp.task_rewards, inp.heads))
+        stats["drift/success_dropped_frac"] = outliers.dropped_share(keep, success)
         if judge is not None:
             stats["drift/judge_levels_kept"] = outliers.judge_levels(judge, keep)
             stats["drift/judge_levels_all"] = outliers.judge_levels(judge, torch.ones_like(keep))
@@ -324,7 +324,8 @@ def make_advantages(o: Options):
             S = success_set(o, inp.task_rewards, inp.heads)
             adv = bonus.decoupled_advantages(adv, d, S, lam, inp.std_eps)
         elif o.shaping == "gardo":
-            keep = outlier_keep(o, inp.task_rewards, inp.heads) if o.subset == "outlier" else torch.isfinite(inp.rewards)
+            keep = (outlier_keep(o, inp.task_rewards, success_set(o, inp.task_rewards, inp.heads)) if o.subset == "outlier"
+                    else torch.isfinite(inp.rewards))
             adv = bonus.gardo_advantages(inp.rewards, d, o.gardo_divide_std, inp.std_eps).clamp(-inp.clip, inp.clip)
             adv = torch.where(keep, adv, torch.zeros_like(adv))
         gate = gate_of(o, inp.task_rewards, inp.heads) & torch.isfinite(inp.task_rewards)

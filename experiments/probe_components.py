@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     all_levels = outliers.judge_levels(heads["judge"], torch.ones_like(r, dtype=torch.bool))
     for protect in ("none", "success"):
         for kappa in (1.5, 2.0, 2.5):
-            keep = dm.outlier_keep(dm.Options(**{**vars(o), "kappa": kappa, "outlier_protect": protect}), r, heads)
-            ratio, lv = outliers.kept_std_ratio(r, keep), outliers.judge_levels(heads["judge"], keep)
             succ = dm.success_set(o, r, heads)
+            keep = dm.outlier_keep(dm.Options(**{**vars(o), "kappa": kappa, "outlier_protect": protect}), r, succ)
+            ratio, lv = outliers.kept_std_ratio(r, keep), outliers.judge_levels(heads["judge"], keep)
             row = {"std_kept_over_all": ratio, "judge_levels_kept": lv, "judge_levels_all": all_levels,
                    "dropped_frac": float((~keep).float().mean()), "success_dropped_frac": outliers.dropped_share(keep, succ)}
             out[f"S1_kappa{kappa}" + ("" if protect == "none" else f"_protect_{protect}")] = row
