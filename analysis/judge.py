@@ -233,16 +233,19 @@ def per_seed_means(frame: pd.DataFrame, values: np.ndarray, by: str = "arm") -> 
 
 
 def prompt_subset(points: pd.DataFrame, finals: pd.DataFrame, initial: pd.DataFrame | None,
-                  pairs: list[tuple[str, str]], s: JudgeSettings, pattern: str, label_col: str = "label") -> dict:
+                  pairs: list[tuple[str, str]], s: JudgeSettings, pattern: str, label_col: str = "label",
+                  point_matrices: tuple | None = None) -> dict:
     """How much of the result rests on the prompts matching ``pattern``.
 
     Per arm: the final alignment on the subset and on the rest (per-seed means, t-interval over seeds) beside the
     base model's (step 0). Per pair: the per-seed paired gains on the primary measure recomputed with every
     point's alignment and diversity averaged over the prompts *outside* the subset (``subset_means``), beside the
     gains on all prompts. Needs every point's per-prompt file; otherwise {'status': 'unavailable', 'why'}.
+    ``point_matrices``: ``prompt_matrices(points, [s.akey, s.dkey])`` where the caller already read them.
     """
     out: dict = {"pattern": pattern}
-    mats, prompts, why = prompt_matrices(points, [s.akey, s.dkey]) if len(points) else (None, [], "no points")
+    mats, prompts, why = point_matrices or (prompt_matrices(points, [s.akey, s.dkey]) if len(points)
+                                            else (None, [], "no points"))
     fmats, fprompts, fwhy = prompt_matrices(finals, [s.akey]) if len(finals) else (None, [], "no final evaluations")
     if mats is None or fmats is None:
         return {**out, "status": "unavailable", "why": why or fwhy}
@@ -366,7 +369,8 @@ def judge(points: pd.DataFrame, finals: pd.DataFrame, runs: pd.DataFrame, pairs:
 
     res["controls"] = controls(primary, points, finals, runs, s, label_col)
     if subset_pattern:
-        res["subset"] = prompt_subset(points, finals, initial, pairs, s, subset_pattern, label_col)
+        res["subset"] = prompt_subset(points, finals, initial, pairs, s, subset_pattern, label_col,
+                                      (mats, prompts, why))
     return res
 
 
